@@ -1,0 +1,310 @@
+// Package config loads the Knative manifests in config/ with Knative's own
+// API types, applies their defaults and runs their validation, exactly as the
+// Knative webhooks would before admitting them to a cluster.
+package config
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	eventingv1 "knative.dev/eventing/pkg/apis/eventing/v1"
+	"knative.dev/eventing/pkg/apis/feature"
+	"knative.dev/pkg/apis"
+	servingv1 "knative.dev/serving/pkg/apis/serving/v1"
+	"sigs.k8s.io/yaml"
+)
+
+// DefaultNamespace is the namespace of a manifest that names none, as with
+// kubectl against a context without a namespace.
+const DefaultNamespace = "default"
+
+var (
+	brokerGVK    = eventingv1.SchemeGroupVersion.WithKind("Broker")
+	triggerGVK   = eventingv1.SchemeGroupVersion.WithKind("Trigger")
+	serviceGVK   = servingv1.SchemeGroupVersion.WithKind("Service")
+	configMapGVK = corev1.SchemeGroupVersion.WithKind("ConfigMap")
+)
+
+// Set is every resource found in a directory of manifests.
+type Set struct {
+	Brokers    []*eventingv1.Broker
+	Triggers   []*eventingv1.Trigger
+	Services   []*servingv1.Service
+	ConfigMaps []*corev1.ConfigMap
+}
+
+// LoadDir reads every .yaml, .yml and .json file in dir (not recursively, as
+// `kubectl apply -f dir` does), then defaults and validates the result.
+func LoadDir(ctx context.Context, dir string) (*Set, error) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("read config dir: %w", err)
+	}
+	var names []string
+	for _, e := range entries {
+		switch strings.ToLower(filepath.Ext(e.Name())) {
+		case ".yaml", ".yml", ".json":
+			if !e.IsDir() {
+				names = append(names, e.Name())
+			}
+		}
+	}
+	sort.Strings(names)
+	if len(names) == 0 {
+		return nil, fmt.Errorf("config dir %s: no manifests found", dir)
+	}
+	s := &Set{}
+	for _, n := range names {
+		path := filepath.Join(dir, n)
+		f, err := os.Open(path)
+		if err != nil {
+			return nil, fmt.Errorf("open manifest: %w", err)
+		}
+		err = s.decode(f, path)
+		f.Close()
+		if err != nil {
+			return nil, err
+		}
+	}
+	if err := s.Finish(ctx); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// Parse reads a multi-document YAML or JSON stream into a Set, then defaults
+// and validates it. name is used in error messages.
+func Parse(ctx context.Context, r io.Reader, name string) (*Set, error) {
+	s := &Set{}
+	if err := s.decode(r, name); err != nil {
+		return nil, err
+	}
+	if err := s.Finish(ctx); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *Set) decode(r io.Reader, name string) error {
+	reader := utilyaml.NewYAMLReader(bufio.NewReader(r))
+	for doc := 1; ; doc++ {
+		raw, err := reader.Read()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("%s: document %d: %w", name, doc, err)
+		}
+		if len(bytes.TrimSpace(raw)) == 0 || isOnlyComments(raw) {
+			continue
+		}
+		if err := s.add(raw); err != nil {
+			return fmt.Errorf("%s: document %d: %w", name, doc, err)
+		}
+	}
+}
+
+func isOnlyComments(raw []byte) bool {
+	for _, line := range bytes.Split(raw, []byte("\n")) {
+		line = bytes.TrimSpace(line)
+		if len(line) > 0 && line[0] != '#' && !bytes.Equal(line, []byte("---")) {
+			return false
+		}
+	}
+	return true
+}
+
+func (s *Set) add(raw []byte) error {
+	var meta struct {
+		APIVersion string `json:"apiVersion"`
+		Kind       string `json:"kind"`
+	}
+	if err := yaml.Unmarshal(raw, &meta); err != nil {
+		return fmt.Errorf("parse: %w", err)
+	}
+	gv, err := schema.ParseGroupVersion(meta.APIVersion)
+	if err != nil {
+		return fmt.Errorf("apiVersion %q: %w", meta.APIVersion, err)
+	}
+	switch gv.WithKind(meta.Kind) {
+	case brokerGVK:
+		b := &eventingv1.Broker{}
+		if err := yaml.UnmarshalStrict(raw, b); err != nil {
+			return fmt.Errorf("Broker: %w", err)
+		}
+		s.Brokers = append(s.Brokers, b)
+	case triggerGVK:
+		t := &eventingv1.Trigger{}
+		if err := yaml.UnmarshalStrict(raw, t); err != nil {
+			return fmt.Errorf("Trigger: %w", err)
+		}
+		s.Triggers = append(s.Triggers, t)
+	case serviceGVK:
+		svc := &servingv1.Service{}
+		if err := yaml.UnmarshalStrict(raw, svc); err != nil {
+			return fmt.Errorf("Service: %w", err)
+		}
+		s.Services = append(s.Services, svc)
+	case configMapGVK:
+		cm := &corev1.ConfigMap{}
+		if err := yaml.UnmarshalStrict(raw, cm); err != nil {
+			return fmt.Errorf("ConfigMap: %w", err)
+		}
+		s.ConfigMaps = append(s.ConfigMaps, cm)
+	default:
+		return fmt.Errorf("unsupported kind %s %s", meta.APIVersion, meta.Kind)
+	}
+	return nil
+}
+
+// Finish applies namespace and Knative defaults, runs each resource's own
+// Validate and then checks the references between them: every Trigger names a
+// Broker in the set, and every Trigger subscriber or dead-letter sink that
+// refers to a Service names one in the set.
+func (s *Set) Finish(ctx context.Context) error {
+	// Validate against the cluster's feature flags when the caller put them in
+	// ctx (feature.ToContext), else against Knative's defaults, as the
+	// webhook of a fresh install would.
+	ctx = apis.WithinCreate(feature.ToContext(ctx, feature.FromContextOrDefaults(ctx)))
+	var errs []error
+	for _, b := range s.Brokers {
+		defaultNamespace(&b.Namespace)
+		b.SetDefaults(ctx)
+		if fe := b.Validate(ctx).Filter(apis.ErrorLevel); fe != nil {
+			errs = append(errs, fmt.Errorf("Broker %s/%s: %w", b.Namespace, b.Name, fe))
+		}
+	}
+	for _, svc := range s.Services {
+		defaultNamespace(&svc.Namespace)
+		svc.SetDefaults(ctx)
+		if fe := svc.Validate(ctx).Filter(apis.ErrorLevel); fe != nil {
+			errs = append(errs, fmt.Errorf("Service %s/%s: %w", svc.Namespace, svc.Name, fe))
+		}
+	}
+	for _, t := range s.Triggers {
+		defaultNamespace(&t.Namespace)
+		t.SetDefaults(ctx)
+		if fe := t.Validate(ctx).Filter(apis.ErrorLevel); fe != nil {
+			errs = append(errs, fmt.Errorf("Trigger %s/%s: %w", t.Namespace, t.Name, fe))
+		}
+	}
+	for _, cm := range s.ConfigMaps {
+		defaultNamespace(&cm.Namespace)
+	}
+	errs = append(errs, s.checkUnique()...)
+	errs = append(errs, s.checkReferences()...)
+	return errors.Join(errs...)
+}
+
+func defaultNamespace(ns *string) {
+	if *ns == "" {
+		*ns = DefaultNamespace
+	}
+}
+
+func (s *Set) checkUnique() []error {
+	var errs []error
+	seen := map[string]bool{}
+	check := func(kind, ns, name string) {
+		k := kind + " " + ns + "/" + name
+		if seen[k] {
+			errs = append(errs, fmt.Errorf("%s is defined twice", k))
+		}
+		seen[k] = true
+	}
+	for _, b := range s.Brokers {
+		check("Broker", b.Namespace, b.Name)
+	}
+	for _, t := range s.Triggers {
+		check("Trigger", t.Namespace, t.Name)
+	}
+	for _, svc := range s.Services {
+		check("Service", svc.Namespace, svc.Name)
+	}
+	return errs
+}
+
+func (s *Set) checkReferences() []error {
+	var errs []error
+	for _, t := range s.Triggers {
+		if s.Broker(t.Namespace, TriggerBroker(t)) == nil {
+			errs = append(errs, fmt.Errorf("Trigger %s/%s: broker %q is not defined in config", t.Namespace, t.Name, TriggerBroker(t)))
+		}
+		if ref := t.Spec.Subscriber.Ref; ref != nil {
+			if err := s.checkServiceRef(ref.APIVersion, ref.Kind, refNamespace(ref.Namespace, t.Namespace), ref.Name); err != nil {
+				errs = append(errs, fmt.Errorf("Trigger %s/%s: subscriber: %w", t.Namespace, t.Name, err))
+			}
+		}
+		if d := t.Spec.Delivery; d != nil && d.DeadLetterSink != nil && d.DeadLetterSink.Ref != nil {
+			ref := d.DeadLetterSink.Ref
+			if err := s.checkServiceRef(ref.APIVersion, ref.Kind, refNamespace(ref.Namespace, t.Namespace), ref.Name); err != nil {
+				errs = append(errs, fmt.Errorf("Trigger %s/%s: deadLetterSink: %w", t.Namespace, t.Name, err))
+			}
+		}
+	}
+	for _, b := range s.Brokers {
+		if d := b.Spec.Delivery; d != nil && d.DeadLetterSink != nil && d.DeadLetterSink.Ref != nil {
+			ref := d.DeadLetterSink.Ref
+			if err := s.checkServiceRef(ref.APIVersion, ref.Kind, refNamespace(ref.Namespace, b.Namespace), ref.Name); err != nil {
+				errs = append(errs, fmt.Errorf("Broker %s/%s: deadLetterSink: %w", b.Namespace, b.Name, err))
+			}
+		}
+	}
+	return errs
+}
+
+func refNamespace(ns, parent string) string {
+	if ns == "" {
+		return parent
+	}
+	return ns
+}
+
+func (s *Set) checkServiceRef(apiVersion, kind, ns, name string) error {
+	if apiVersion != servingv1.SchemeGroupVersion.String() || kind != "Service" {
+		return fmt.Errorf("ref %s %s: only %s Service refs can be resolved", apiVersion, kind, servingv1.SchemeGroupVersion)
+	}
+	if s.Service(ns, name) == nil {
+		return fmt.Errorf("Service %s/%s is not defined in config", ns, name)
+	}
+	return nil
+}
+
+// TriggerBroker is the name of the Broker a Trigger subscribes to.
+func TriggerBroker(t *eventingv1.Trigger) string {
+	if t.Spec.BrokerRef != nil {
+		return t.Spec.BrokerRef.Name
+	}
+	return t.Spec.Broker
+}
+
+// Broker returns the Broker ns/name, or nil.
+func (s *Set) Broker(ns, name string) *eventingv1.Broker {
+	for _, b := range s.Brokers {
+		if b.Namespace == ns && b.Name == name {
+			return b
+		}
+	}
+	return nil
+}
+
+// Service returns the Service ns/name, or nil.
+func (s *Set) Service(ns, name string) *servingv1.Service {
+	for _, svc := range s.Services {
+		if svc.Namespace == ns && svc.Name == name {
+			return svc
+		}
+	}
+	return nil
+}
