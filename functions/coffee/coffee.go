@@ -1,0 +1,70 @@
+// Package coffee holds the domain shared by the koffeeshop functions: event
+// types, payloads, the menu and the construction of reply events.
+package coffee
+
+import (
+	"slices"
+	"strings"
+)
+
+// CloudEvent types flowing through the shop.
+const (
+	TypeOrderPlaced      = "com.koffeeshop.order.placed"
+	TypeOrderAccepted    = "com.koffeeshop.order.accepted"
+	TypeOrderRejected    = "com.koffeeshop.order.rejected"
+	TypeBeverageReady    = "com.koffeeshop.beverage.ready"
+	TypeCustomerNotified = "com.koffeeshop.customer.notified"
+)
+
+// Order is the payload of an order.placed event.
+type Order struct {
+	Customer string `json:"customer"`
+	Beverage string `json:"beverage"`
+}
+
+// Accepted is the payload of an order.accepted event.
+type Accepted struct {
+	OrderID  string `json:"orderId"`
+	Customer string `json:"customer"`
+	Beverage string `json:"beverage"`
+}
+
+// Rejected is the payload of an order.rejected event.
+type Rejected struct {
+	OrderID  string `json:"orderId"`
+	Customer string `json:"customer"`
+	Beverage string `json:"beverage"`
+	Reason   string `json:"reason"`
+}
+
+// Ready is the payload of a beverage.ready event.
+type Ready struct {
+	OrderID  string `json:"orderId"`
+	Customer string `json:"customer"`
+	Beverage string `json:"beverage"`
+	Barista  string `json:"barista"`
+}
+
+// Notified is the payload of a customer.notified event.
+type Notified struct {
+	OrderID  string `json:"orderId"`
+	Customer string `json:"customer"`
+	Beverage string `json:"beverage"`
+	Barista  string `json:"barista"`
+	Message  string `json:"message"`
+}
+
+// Menu returns the beverages the shop serves, in menu order.
+func Menu() []string {
+	return []string{"espresso", "americano", "latte", "cappuccino", "flat-white", "mocha", "tea"}
+}
+
+// LookupBeverage finds a beverage on the menu, ignoring case and surrounding
+// whitespace, and returns its canonical name.
+func LookupBeverage(name string) (string, bool) {
+	name = strings.ToLower(strings.TrimSpace(name))
+	if name == "" || !slices.Contains(Menu(), name) {
+		return "", false
+	}
+	return name, true
+}

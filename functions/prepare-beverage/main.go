@@ -1,0 +1,23 @@
+// Command prepare-beverage brews accepted orders and replies beverage.ready.
+package main
+
+import (
+	"os"
+	"time"
+
+	"github.com/koffeeshop/koffeeshop/functions/serve"
+)
+
+// envBrewTime is the time taken to brew one beverage (Go duration, "0" for none).
+const envBrewTime = "BREW_TIME"
+
+const defaultBrewTime = time.Second
+
+func main() {
+	brewTime, err := serve.DurationEnv(os.Getenv, envBrewTime, defaultBrewTime)
+	if err != nil {
+		serve.NewLogger(os.Stderr, functionName, serve.InstanceName(os.Getenv)).Error("invalid configuration", "err", err)
+		os.Exit(1)
+	}
+	serve.Main(functionName, barista{brewTime: brewTime}.handle)
+}

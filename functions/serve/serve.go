@@ -1,0 +1,275 @@
+// Package serve runs one CloudEvents function: an HTTP server answering
+// CloudEvents on "/" with the reply event, health endpoints for the platform
+// and a graceful drain on shutdown.
+package serve
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"runtime/debug"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	cloudevents "github.com/cloudevents/sdk-go/v2"
+	"github.com/cloudevents/sdk-go/v2/binding"
+	"github.com/cloudevents/sdk-go/v2/protocol"
+	cehttp "github.com/cloudevents/sdk-go/v2/protocol/http"
+)
+
+// Handler handles one CloudEvent and returns the reply event, or nil for no
+// reply. Errors built with BadRequest are answered with 400; any other error
+// with 500, telling the sender to retry.
+type Handler func(ctx context.Context, e cloudevents.Event) (*cloudevents.Event, error)
+
+// Defaults applied to zero Config fields.
+const (
+	DefaultDrainTimeout   = 30 * time.Second
+	DefaultHandlerTimeout = 5 * time.Minute
+	DefaultMaxBodyBytes   = 1 << 20
+)
+
+// Paths of the health endpoints.
+const (
+	ReadinessPath = "/health/readiness"
+	LivenessPath  = "/health/liveness"
+)
+
+// Config configures a Server.
+type Config struct {
+	// Instance name handed to handlers through Instance(ctx).
+	Instance string
+	// Logger receives the server and handler logs; nil discards them.
+	Logger *slog.Logger
+	// DrainTimeout bounds the wait for in-flight requests on shutdown.
+	DrainTimeout time.Duration
+	// HandlerTimeout bounds the handling of one event.
+	HandlerTimeout time.Duration
+	// MaxBodyBytes caps the size of a request body.
+	MaxBodyBytes int64
+}
+
+// Server serves a Handler over HTTP.
+type Server struct {
+	instance       string
+	log            *slog.Logger
+	drainTimeout   time.Duration
+	handlerTimeout time.Duration
+	maxBodyBytes   int64
+	handler        Handler
+	mux            *http.ServeMux
+	ready          atomic.Bool
+}
+
+// New returns a Server answering events with h.
+func New(cfg Config, h Handler) (*Server, error) {
+	if h == nil {
+		return nil, errors.New("serve: nil handler")
+	}
+	s := &Server{
+		instance:       cfg.Instance,
+		log:            cfg.Logger,
+		drainTimeout:   cfg.DrainTimeout,
+		handlerTimeout: cfg.HandlerTimeout,
+		maxBodyBytes:   cfg.MaxBodyBytes,
+		handler:        h,
+	}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	if s.drainTimeout <= 0 {
+		s.drainTimeout = DefaultDrainTimeout
+	}
+	if s.handlerTimeout <= 0 {
+		s.handlerTimeout = DefaultHandlerTimeout
+	}
+	if s.maxBodyBytes <= 0 {
+		s.maxBodyBytes = DefaultMaxBodyBytes
+	}
+
+	p, err := cloudevents.NewHTTP()
+	if err != nil {
+		return nil, fmt.Errorf("create cloudevents http protocol: %w", err)
+	}
+	receiver, err := cloudevents.NewHTTPReceiveHandler(context.Background(), p, s.invoke)
+	if err != nil {
+		return nil, fmt.Errorf("create cloudevents receive handler: %w", err)
+	}
+
+	s.mux = http.NewServeMux()
+	s.mux.Handle("POST /", s.admit(receiver))
+	s.mux.HandleFunc("GET "+ReadinessPath, s.readiness)
+	s.mux.HandleFunc("GET "+LivenessPath, liveness)
+	return s, nil
+}
+
+// ServeHTTP routes a request to the event handler or a health endpoint.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	s.mux.ServeHTTP(w, r)
+}
+
+// Serve accepts connections on ln until ctx is done, then marks the server
+// not ready and drains in-flight requests for up to the drain timeout. It
+// returns nil after a complete drain. Serve closes ln.
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	srv := &http.Server{
+		Handler:           s,
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       time.Minute,
+		WriteTimeout:      s.handlerTimeout + 30*time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+	}
+
+	errc := make(chan error, 1)
+	s.ready.Store(true)
+	go func() { errc <- srv.Serve(ln) }()
+	s.log.Info("listening", "addr", ln.Addr().String())
+
+	select {
+	case err := <-errc:
+		s.ready.Store(false)
+		return fmt.Errorf("serve http: %w", err)
+	case <-ctx.Done():
+	}
+
+	s.ready.Store(false)
+	s.log.Info("shutting down", "drainTimeout", s.drainTimeout)
+	drainCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.drainTimeout)
+	defer cancel()
+	if err := srv.Shutdown(drainCtx); err != nil {
+		closeErr := srv.Close()
+		<-errc
+		return errors.Join(fmt.Errorf("drain in-flight requests: %w", err), closeErr)
+	}
+	if err := <-errc; !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("serve http: %w", err)
+	}
+	s.log.Info("stopped")
+	return nil
+}
+
+// invoke adapts the Handler to the cloudevents receiver.
+func (s *Server) invoke(ctx context.Context, e cloudevents.Event) (reply *cloudevents.Event, result protocol.Result) {
+	log := s.log.With("eventId", e.ID(), "eventType", e.Type(), "eventSource", e.Source())
+	ctx = WithLogger(WithInstance(ctx, s.instance), log)
+	ctx, cancel := context.WithTimeout(ctx, s.handlerTimeout)
+	defer cancel()
+
+	defer func() {
+		if r := recover(); r != nil {
+			log.Error("handler panicked", "panic", r, "stack", string(debug.Stack()))
+			reply, result = nil, cehttp.NewResult(http.StatusInternalServerError, "handler panicked")
+		}
+	}()
+
+	reply, err := s.handler(ctx, e)
+	if err == nil {
+		return reply, nil
+	}
+	code := StatusCode(err)
+	if code >= http.StatusInternalServerError {
+		log.Error("event handling failed", "status", code, "err", err)
+	} else {
+		log.Warn("event refused", "status", code, "err", err)
+	}
+	var res *cehttp.Result
+	if errors.As(err, &res) {
+		return nil, res
+	}
+	return nil, cehttp.NewResult(code, "%w", err)
+}
+
+// admit buffers the request body, refusing bodies over the size limit with
+// 413 and requests that are not decodable CloudEvents with 415 or 400, so that
+// the sender does not retry what can never succeed.
+func (s *Server) admit(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.ContentLength > s.maxBodyBytes {
+			http.Error(w, "request body too large", http.StatusRequestEntityTooLarge)
+			return
+		}
+		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.maxBodyBytes))
+		if err != nil {
+			if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
+				http.Error(w, "request body too large", http.StatusRequestEntityTooLarge)
+				return
+			}
+			http.Error(w, "read request body", http.StatusBadRequest)
+			return
+		}
+
+		msg := cehttp.NewMessage(r.Header, io.NopCloser(bytes.NewReader(body)))
+		if _, err := binding.ToEvent(r.Context(), msg); err != nil {
+			code := http.StatusBadRequest
+			if errors.Is(err, binding.ErrUnknownEncoding) {
+				code = http.StatusUnsupportedMediaType
+			}
+			s.log.Warn("request refused", "status", code, "err", err)
+			http.Error(w, fmt.Sprintf("not a valid CloudEvent: %v", err), code)
+			return
+		}
+
+		r.Body = io.NopCloser(bytes.NewReader(body))
+		r.ContentLength = int64(len(body))
+		next.ServeHTTP(w, r)
+	})
+}
+
+func (s *Server) readiness(w http.ResponseWriter, _ *http.Request) {
+	if !s.ready.Load() {
+		http.Error(w, "shutting down", http.StatusServiceUnavailable)
+		return
+	}
+	_, _ = io.WriteString(w, "ok")
+}
+
+func liveness(w http.ResponseWriter, _ *http.Request) {
+	_, _ = io.WriteString(w, "ok")
+}
+
+// Main runs the function process named name: it reads the environment,
+// serves h until SIGTERM or SIGINT, drains, and exits 0, or 1 on failure.
+func Main(name string, h Handler) {
+	instance := InstanceName(os.Getenv)
+	log := NewLogger(os.Stderr, name, instance)
+	if err := run(instance, log, h); err != nil {
+		log.Error("function failed", "err", err)
+		os.Exit(1)
+	}
+	os.Exit(0)
+}
+
+func run(instance string, log *slog.Logger, h Handler) error {
+	drain, err := DurationEnv(os.Getenv, EnvDrainTimeout, DefaultDrainTimeout)
+	if err != nil {
+		return fmt.Errorf("read drain timeout: %w", err)
+	}
+	if drain == 0 {
+		return fmt.Errorf("%s must be positive", EnvDrainTimeout)
+	}
+	srv, err := New(Config{Instance: instance, Logger: log, DrainTimeout: drain}, h)
+	if err != nil {
+		return err
+	}
+	ln, err := Listen(os.Getenv)
+	if err != nil {
+		return err
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	// A second signal during the drain terminates the process immediately.
+	context.AfterFunc(ctx, stop)
+
+	return srv.Serve(ctx, ln)
+}
