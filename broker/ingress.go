@@ -1,0 +1,132 @@
+package broker
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"mime"
+	"net/http"
+	"strings"
+
+	"github.com/cloudevents/sdk-go/v2/binding"
+	cehttp "github.com/cloudevents/sdk-go/v2/protocol/http"
+)
+
+// DefaultMaxBodyBytes is the default limit on an ingress request body.
+const DefaultMaxBodyBytes = 1 << 20
+
+// IngressOptions configure an Ingress.
+type IngressOptions struct {
+	// MaxBodyBytes limits the request body; larger requests get 413.
+	MaxBodyBytes int64
+}
+
+// Ingress is the HTTP front door of the Brokers: POST /<namespace>/<broker>,
+// as Knative's broker-ingress serves it.
+type Ingress struct {
+	pub     Publisher
+	brokers map[Ref]bool
+	log     *slog.Logger
+	maxBody int64
+}
+
+// NewIngress serves the given Brokers and stores accepted events with pub.
+func NewIngress(pub Publisher, brokers []Ref, log *slog.Logger, o IngressOptions) *Ingress {
+	known := make(map[Ref]bool, len(brokers))
+	for _, b := range brokers {
+		known[b] = true
+	}
+	if o.MaxBodyBytes <= 0 {
+		o.MaxBodyBytes = DefaultMaxBodyBytes
+	}
+	return &Ingress{pub: pub, brokers: known, log: log, maxBody: o.MaxBodyBytes}
+}
+
+const allowed = "POST, OPTIONS"
+
+func (in *Ingress) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	ref, ok := parsePath(r.URL.Path)
+	if !ok {
+		httpError(w, http.StatusNotFound, "no broker at %q: the path is /<namespace>/<broker>", r.URL.Path)
+		return
+	}
+	if !in.brokers[ref] {
+		httpError(w, http.StatusNotFound, "broker %s does not exist", ref)
+		return
+	}
+	switch r.Method {
+	case http.MethodPost:
+	case http.MethodOptions:
+		w.Header().Set("Allow", allowed)
+		w.Header().Set("WebHook-Allowed-Origin", "*")
+		w.Header().Set("WebHook-Allowed-Rate", "*")
+		w.WriteHeader(http.StatusOK)
+		return
+	default:
+		w.Header().Set("Allow", allowed)
+		httpError(w, http.StatusMethodNotAllowed, "method %s is not allowed: use POST", r.Method)
+		return
+	}
+
+	status, err := in.accept(r.Context(), ref, r)
+	if err != nil {
+		if status >= 500 {
+			in.log.Error("ingress could not store event", "broker", ref.String(), "err", err)
+		}
+		httpError(w, status, "%s", err)
+		return
+	}
+	w.WriteHeader(status)
+}
+
+func (in *Ingress) accept(ctx context.Context, ref Ref, r *http.Request) (int, error) {
+	if ct, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); ct == "application/cloudevents-batch+json" {
+		return http.StatusBadRequest, errors.New("batched CloudEvents (application/cloudevents-batch+json) are not supported: send one event per request")
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(nil, r.Body, in.maxBody))
+	if err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			return http.StatusRequestEntityTooLarge, fmt.Errorf("request body is larger than %d bytes", in.maxBody)
+		}
+		return http.StatusBadRequest, fmt.Errorf("read request body: %w", err)
+	}
+	msg := cehttp.NewMessage(r.Header, io.NopCloser(bytes.NewReader(body)))
+	if msg.ReadEncoding() == binding.EncodingUnknown {
+		return http.StatusBadRequest, errors.New("not a CloudEvent: send binary mode (ce-specversion, ce-id, ce-source, ce-type headers) or structured mode (Content-Type: application/cloudevents+json)")
+	}
+	event, err := binding.ToEvent(ctx, msg)
+	if err != nil {
+		return http.StatusBadRequest, fmt.Errorf("invalid CloudEvent: %w", err)
+	}
+	if err := event.Validate(); err != nil {
+		return http.StatusBadRequest, fmt.Errorf("invalid CloudEvent: %w", err)
+	}
+	res, err := in.pub.Publish(ctx, ref, event)
+	if err != nil {
+		return http.StatusServiceUnavailable, fmt.Errorf("event not stored, retry: %w", err)
+	}
+	if res.DroppedTTL {
+		return http.StatusBadRequest, errors.New("event dropped: knativebrokerttl is exhausted (an event loop?)")
+	}
+	return http.StatusAccepted, nil
+}
+
+// parsePath splits /<namespace>/<broker> (a trailing slash is allowed).
+func parsePath(p string) (Ref, bool) {
+	parts := strings.Split(strings.Trim(p, "/"), "/")
+	if len(parts) != 2 || parts[0] == "" || parts[1] == "" {
+		return Ref{}, false
+	}
+	return Ref{Namespace: parts[0], Name: parts[1]}, true
+}
+
+func httpError(w http.ResponseWriter, status int, format string, args ...any) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(status)
+	fmt.Fprintf(w, format+"\n", args...)
+}
