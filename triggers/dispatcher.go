@@ -1,0 +1,188 @@
+// Package triggers delivers a Broker's events to its Triggers' subscribers
+// with Knative Trigger semantics, over one durable JetStream consumer per
+// Trigger.
+package triggers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	eventingduckv1 "knative.dev/eventing/pkg/apis/duck/v1"
+	eventingv1 "knative.dev/eventing/pkg/apis/eventing/v1"
+	"knative.dev/eventing/pkg/eventfilter"
+
+	"github.com/koffeeshop/koffeeshop/broker"
+)
+
+// Config describes one Trigger to dispatch.
+type Config struct {
+	Trigger *eventingv1.Trigger
+	// Broker is the Broker the Trigger subscribes to.
+	Broker broker.Ref
+	// Delivery is the effective DeliverySpec: the Trigger's when it has one,
+	// else the Broker's (nil: no retries, no dead-letter sink).
+	Delivery *eventingduckv1.DeliverySpec
+	// Subscriber receives the events that pass the filter.
+	Subscriber Endpoint
+	// DeadLetter receives events whose delivery failed for good; nil for none.
+	DeadLetter Endpoint
+	// Concurrency is how many events are delivered at once (default 1).
+	Concurrency int
+	// DefaultTimeout bounds an attempt when the DeliverySpec sets no timeout.
+	DefaultTimeout time.Duration
+	// AcquireTimeout bounds the wait for a subscriber instance (a cold start).
+	AcquireTimeout time.Duration
+	// DrainTimeout bounds how long in-flight deliveries may finish on stop.
+	DrainTimeout time.Duration
+}
+
+// Dispatcher runs one Trigger.
+type Dispatcher struct {
+	cfg    Config
+	name   string
+	cons   jetstream.Consumer
+	pub    broker.Publisher
+	client *http.Client
+	filter eventfilter.Filter
+	policy Policy
+	log    *slog.Logger
+	stats  *Stats
+}
+
+// ConsumerName is the durable JetStream consumer of a Trigger.
+func ConsumerName(t *eventingv1.Trigger) string {
+	return "trigger_" + token(t.Namespace) + "_" + token(t.Name)
+}
+
+func token(s string) string {
+	b := []byte(s)
+	for i, c := range b {
+		switch c {
+		case '.', '*', '>', ' ':
+			b[i] = '_'
+		}
+	}
+	return string(b)
+}
+
+// New creates (or updates) the Trigger's durable consumer on the Broker's
+// stream and returns a Dispatcher ready to Run. Events published after the
+// consumer first exists are delivered to it, as with a Knative Trigger.
+func New(ctx context.Context, js jetstream.JetStream, pub broker.Publisher, client *http.Client, cfg Config, log *slog.Logger) (*Dispatcher, error) {
+	t := cfg.Trigger
+	if cfg.Concurrency <= 0 {
+		cfg.Concurrency = 1
+	}
+	if cfg.DefaultTimeout <= 0 {
+		cfg.DefaultTimeout = 5 * time.Minute
+	}
+	if cfg.AcquireTimeout <= 0 {
+		cfg.AcquireTimeout = 2 * time.Minute
+	}
+	if cfg.DrainTimeout <= 0 {
+		cfg.DrainTimeout = 30 * time.Second
+	}
+	policy, err := NewPolicy(cfg.Delivery, cfg.DefaultTimeout)
+	if err != nil {
+		return nil, fmt.Errorf("trigger %s/%s: %w", t.Namespace, t.Name, err)
+	}
+	// A message is in our hands for at most one attempt, the reply publish
+	// and the dead-letter send; in-progress acks extend it while we work.
+	ackWait := policy.Timeout + 30*time.Second
+	maxAckPending := max(1000, cfg.Concurrency*10)
+	cons, err := js.CreateOrUpdateConsumer(ctx, cfg.Broker.StreamName(), jetstream.ConsumerConfig{
+		Durable:       ConsumerName(t),
+		Description:   fmt.Sprintf("Knative Trigger %s/%s", t.Namespace, t.Name),
+		DeliverPolicy: jetstream.DeliverNewPolicy,
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       ackWait,
+		MaxDeliver:    -1,
+		MaxAckPending: maxAckPending,
+		FilterSubject: cfg.Broker.Subject(),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("trigger %s/%s: create consumer: %w", t.Namespace, t.Name, err)
+	}
+	filter, err := NewFilter(t)
+	if err != nil {
+		return nil, fmt.Errorf("trigger %s/%s: filters: %w", t.Namespace, t.Name, err)
+	}
+	return &Dispatcher{
+		cfg:    cfg,
+		name:   t.Namespace + "/" + t.Name,
+		cons:   cons,
+		pub:    pub,
+		client: client,
+		filter: filter,
+		policy: policy,
+		log:    log.With("trigger", t.Namespace+"/"+t.Name),
+		stats:  &Stats{},
+	}, nil
+}
+
+// Stats returns the Dispatcher's counters.
+func (d *Dispatcher) Stats() *Stats { return d.stats }
+
+// Consumer returns the Trigger's JetStream consumer.
+func (d *Dispatcher) Consumer() jetstream.Consumer { return d.cons }
+
+// Run delivers events until ctx is done, then stops pulling, lets in-flight
+// deliveries finish (up to DrainTimeout) and hands buffered events back to
+// JetStream for redelivery.
+func (d *Dispatcher) Run(ctx context.Context) error {
+	it, err := d.cons.Messages(jetstream.PullMaxMessages(d.cfg.Concurrency))
+	if err != nil {
+		return fmt.Errorf("trigger %s: consume: %w", d.name, err)
+	}
+	// In-flight work outlives ctx by at most DrainTimeout.
+	work, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelWork()
+	stopped := make(chan struct{})
+	go func() {
+		select {
+		case <-ctx.Done():
+			it.Drain()
+			t := time.AfterFunc(d.cfg.DrainTimeout, cancelWork)
+			<-stopped
+			t.Stop()
+		case <-stopped:
+		}
+	}()
+
+	sem := make(chan struct{}, d.cfg.Concurrency)
+	var wg sync.WaitGroup
+	defer func() {
+		wg.Wait()
+		close(stopped)
+	}()
+	for {
+		msg, err := it.Next()
+		if err != nil {
+			if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+				return nil
+			}
+			if ctx.Err() != nil {
+				return nil
+			}
+			d.log.Warn("pull failed", "err", err)
+			continue
+		}
+		if ctx.Err() != nil {
+			// Stopping: give buffered events straight back.
+			_ = msg.Nak()
+			continue
+		}
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			d.handle(work, msg)
+		}()
+	}
+}

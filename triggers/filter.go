@@ -1,0 +1,135 @@
+package triggers
+
+import (
+	"context"
+	"fmt"
+
+	cloudevents "github.com/cloudevents/sdk-go/v2"
+	eventingv1 "knative.dev/eventing/pkg/apis/eventing/v1"
+	"knative.dev/eventing/pkg/eventfilter"
+	"knative.dev/eventing/pkg/eventfilter/attributes"
+	"knative.dev/eventing/pkg/eventfilter/subscriptionsapi"
+)
+
+// NewFilter builds the Trigger's filter as Knative's broker filter does:
+// spec.filters (the SubscriptionsAPI dialects) wins when set, else the
+// legacy spec.filter.attributes exact match, else everything passes.
+//
+// The leaf dialects (exact, prefix, suffix, not, cesql) are Knative's own.
+// all and any are composed here with the same results as Knative's: its
+// all/any filters reorder their children from a background goroutine while
+// Filter ranges over them, a data race under concurrent dispatch.
+func NewFilter(t *eventingv1.Trigger) (eventfilter.Filter, error) {
+	switch {
+	case len(t.Spec.Filters) > 0:
+		fs, err := materializeList(t.Spec.Filters)
+		if err != nil {
+			return nil, err
+		}
+		return all(fs), nil
+	case t.Spec.Filter != nil && len(t.Spec.Filter.Attributes) > 0:
+		return attributes.NewAttributesFilter(t.Spec.Filter.Attributes), nil
+	default:
+		return subscriptionsapi.NewNoFilter(), nil
+	}
+}
+
+func materializeList(in []eventingv1.SubscriptionsAPIFilter) ([]eventfilter.Filter, error) {
+	out := make([]eventfilter.Filter, 0, len(in))
+	for i, f := range in {
+		m, err := materialize(f)
+		if err != nil {
+			return nil, fmt.Errorf("filters[%d]: %w", i, err)
+		}
+		if m != nil {
+			out = append(out, m)
+		}
+	}
+	return out, nil
+}
+
+func materialize(f eventingv1.SubscriptionsAPIFilter) (eventfilter.Filter, error) {
+	switch {
+	case len(f.Exact) > 0:
+		return subscriptionsapi.NewExactFilter(f.Exact)
+	case len(f.Prefix) > 0:
+		return subscriptionsapi.NewPrefixFilter(f.Prefix)
+	case len(f.Suffix) > 0:
+		return subscriptionsapi.NewSuffixFilter(f.Suffix)
+	case len(f.All) > 0:
+		fs, err := materializeList(f.All)
+		if err != nil {
+			return nil, fmt.Errorf("all: %w", err)
+		}
+		return all(fs), nil
+	case len(f.Any) > 0:
+		fs, err := materializeList(f.Any)
+		if err != nil {
+			return nil, fmt.Errorf("any: %w", err)
+		}
+		return anyOf(fs), nil
+	case f.Not != nil:
+		inner, err := materialize(*f.Not)
+		if err != nil {
+			return nil, fmt.Errorf("not: %w", err)
+		}
+		return subscriptionsapi.NewNotFilter(inner), nil
+	case f.CESQL != "":
+		return subscriptionsapi.NewCESQLFilter(f.CESQL)
+	}
+	return nil, nil
+}
+
+// allFilter fails as soon as one child fails, else it answers what the
+// last child answered (NoFilter when it has none).
+type allFilter []eventfilter.Filter
+
+func all(fs []eventfilter.Filter) eventfilter.Filter {
+	if len(fs) == 1 {
+		return fs[0]
+	}
+	return allFilter(fs)
+}
+
+func (a allFilter) Filter(ctx context.Context, e cloudevents.Event) eventfilter.FilterResult {
+	res := eventfilter.NoFilter
+	for _, f := range a {
+		if res = f.Filter(ctx, e); res == eventfilter.FailFilter {
+			return res
+		}
+	}
+	return res
+}
+
+func (a allFilter) Cleanup() {
+	for _, f := range a {
+		f.Cleanup()
+	}
+}
+
+// anyFilter passes as soon as one child passes, else it answers what the
+// last child answered (NoFilter when it has none).
+type anyFilter []eventfilter.Filter
+
+func anyOf(fs []eventfilter.Filter) eventfilter.Filter {
+	if len(fs) == 1 {
+		return fs[0]
+	}
+	return anyFilter(fs)
+}
+
+func (a anyFilter) Filter(ctx context.Context, e cloudevents.Event) eventfilter.FilterResult {
+	res := eventfilter.NoFilter
+	for _, f := range a {
+		if res = f.Filter(ctx, e); res == eventfilter.PassFilter {
+			return res
+		}
+	}
+	return res
+}
+
+func (a anyFilter) Cleanup() {
+	for _, f := range a {
+		f.Cleanup()
+	}
+}
