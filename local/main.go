@@ -1,0 +1,75 @@
+// Command local runs the whole coffee shop on one machine: an embedded NATS
+// JetStream (or an external NATS), the Broker ingress, the Trigger
+// dispatchers and every function as its own process, all read from the
+// Knative manifests in config/.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/koffeeshop/koffeeshop/local/runner"
+)
+
+func main() {
+	os.Exit(run())
+}
+
+func run() int {
+	var (
+		configDir = flag.String("config", "config", "directory of Knative manifests")
+		binDir    = flag.String("bin-dir", "bin", "directory of the function executables")
+		build     = flag.Bool("build", false, "go build the functions' ko:// images into -bin-dir first")
+		addr      = flag.String("addr", "127.0.0.1:8080", "Broker ingress listen address")
+		dataDir   = flag.String("data-dir", ".koffeeshop/data", "embedded JetStream storage directory")
+		natsURL   = flag.String("nats-url", "", "use this external NATS server instead of the embedded one")
+		natsPort  = flag.Int("nats-port", -1, "embedded NATS client port (-1: any free port)")
+		verbose   = flag.Bool("v", false, "debug logging")
+	)
+	flag.Parse()
+
+	level := slog.LevelInfo
+	if *verbose {
+		level = slog.LevelDebug
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	dirs := []string{*configDir}
+	if *build {
+		log.Info("building functions", "bin", *binDir)
+		if err := runner.Build(ctx, dirs, *binDir); err != nil {
+			log.Error("build failed", "err", err)
+			return 1
+		}
+	}
+	r, err := runner.New(ctx, runner.Options{
+		ConfigDirs: dirs,
+		BinDir:     *binDir,
+		Addr:       *addr,
+		DataDir:    *dataDir,
+		NATSURL:    *natsURL,
+		NATSPort:   *natsPort,
+		Output:     os.Stderr,
+	}, log)
+	if err != nil {
+		log.Error("cannot start", "err", err)
+		return 1
+	}
+	log.Info("koffeeshop is running", "ingress", r.IngressURL(), "brokers", strings.Join(r.Brokers(), ","), "nats", r.NATSURL())
+	broker := r.Brokers()[0]
+	fmt.Fprintf(os.Stderr, "\nPlace an order:\n\n  curl -i -X POST %s/%s \\\n    -H 'ce-specversion: 1.0' -H 'ce-type: com.koffeeshop.order.placed' \\\n    -H 'ce-source: /curl' -H \"ce-id: $(date +%%s%%N)\" -H 'content-type: application/json' \\\n    -d '{\"customer\":\"ada\",\"beverage\":\"latte\"}'\n\nCtrl-C stops everything.\n\n", r.IngressURL(), broker)
+	if err := r.Run(ctx); err != nil {
+		log.Error("stopped with an error", "err", err)
+		return 1
+	}
+	return 0
+}

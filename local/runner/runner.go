@@ -1,0 +1,422 @@
+// Package runner assembles the whole coffee shop on one machine from the
+// manifests in config/: a NATS JetStream server (embedded, or an external
+// one), the Broker ingress, one dispatcher per Trigger and the function
+// processes behind each Service.
+package runner
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	eventingv1 "knative.dev/eventing/pkg/apis/eventing/v1"
+	duckv1 "knative.dev/pkg/apis/duck/v1"
+	"knative.dev/serving/pkg/apis/autoscaling"
+	servingv1 "knative.dev/serving/pkg/apis/serving/v1"
+
+	"github.com/koffeeshop/koffeeshop/broker"
+	"github.com/koffeeshop/koffeeshop/config"
+	"github.com/koffeeshop/koffeeshop/local/natsd"
+	"github.com/koffeeshop/koffeeshop/local/supervisor"
+	"github.com/koffeeshop/koffeeshop/triggers"
+)
+
+// ConcurrencyAnnotation on a Trigger sets how many events it delivers at once.
+const ConcurrencyAnnotation = "koffeeshop.dev/delivery-concurrency"
+
+// Options configure a Runner.
+type Options struct {
+	// ConfigDirs hold the manifests (the first is config/; tests add more).
+	ConfigDirs []string
+	// BinDir holds the function executables, named after the last element
+	// of their ko:// image path.
+	BinDir string
+	// Addr is the Broker ingress listen address.
+	Addr string
+	// DataDir is where the embedded JetStream stores its files.
+	DataDir string
+	// NATSURL connects to an external NATS instead of the embedded one.
+	NATSURL string
+	// NATSPort is the embedded server's client port (-1: any free port).
+	NATSPort int
+	// Env overrides container environment, per Service name.
+	Env map[string][]string
+	// Output receives the function processes' output.
+	Output io.Writer
+	// MaxBodyBytes limits an ingress request body.
+	MaxBodyBytes int64
+}
+
+// Runner is the assembled system.
+type Runner struct {
+	opts    Options
+	log     *slog.Logger
+	set     *config.Set
+	natsSrv *natsd.Server
+	nc      *nats.Conn
+	js      jetstream.JetStream
+	store   *broker.Store
+	pools   map[string]*supervisor.Pool // by namespace/name
+	disps   []*triggers.Dispatcher
+	ln      net.Listener
+	srv     *http.Server
+}
+
+// New loads the manifests, starts (or connects to) NATS, creates the
+// Brokers' streams and the Triggers' consumers, and binds the ingress. Call
+// Run to start serving.
+func New(ctx context.Context, opts Options, log *slog.Logger) (_ *Runner, err error) {
+	if opts.Addr == "" {
+		opts.Addr = "127.0.0.1:8080"
+	}
+	if opts.Output == nil {
+		opts.Output = os.Stderr
+	}
+	r := &Runner{opts: opts, log: log, pools: map[string]*supervisor.Pool{}}
+	defer func() {
+		if err != nil {
+			r.close()
+		}
+	}()
+	if r.set, err = loadConfig(ctx, opts.ConfigDirs); err != nil {
+		return nil, err
+	}
+	if err = r.connect(); err != nil {
+		return nil, err
+	}
+	r.store = broker.NewStore(r.js, log.With("component", "broker"))
+	var refs []broker.Ref
+	for _, b := range r.set.Brokers {
+		ref := broker.Ref{Namespace: b.Namespace, Name: b.Name}
+		if _, err = broker.EnsureStream(ctx, r.js, ref, broker.StreamOptions{}); err != nil {
+			return nil, err
+		}
+		refs = append(refs, ref)
+	}
+	if err = r.buildPools(); err != nil {
+		return nil, err
+	}
+	if err = r.buildDispatchers(ctx); err != nil {
+		return nil, err
+	}
+	if r.ln, err = net.Listen("tcp", opts.Addr); err != nil {
+		return nil, fmt.Errorf("broker ingress: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /health/readiness", func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusOK) })
+	mux.Handle("/", broker.NewIngress(r.store, refs, log.With("component", "ingress"), broker.IngressOptions{MaxBodyBytes: opts.MaxBodyBytes}))
+	r.srv = &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
+	}
+	return r, nil
+}
+
+func loadConfig(ctx context.Context, dirs []string) (*config.Set, error) {
+	if len(dirs) == 0 {
+		dirs = []string{"config"}
+	}
+	set, err := config.LoadDir(ctx, dirs...)
+	if err != nil {
+		return nil, err
+	}
+	if len(set.Brokers) == 0 {
+		return nil, errors.New("config: no Broker defined")
+	}
+	return set, nil
+}
+
+func (r *Runner) connect() error {
+	url := r.opts.NATSURL
+	if url == "" {
+		dir := filepath.Join(r.opts.DataDir, "jetstream")
+		if r.opts.DataDir == "" {
+			return errors.New("a data dir is needed for the embedded NATS server")
+		}
+		srv, err := natsd.Start(natsd.Options{StoreDir: dir, Port: r.opts.NATSPort}, r.log)
+		if err != nil {
+			return err
+		}
+		r.natsSrv = srv
+		url = srv.ClientURL()
+		r.log.Info("embedded NATS JetStream started", "url", url, "store", dir)
+	}
+	nc, err := nats.Connect(url,
+		nats.Name("koffeeshop-local"),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(250*time.Millisecond),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if err != nil {
+				r.log.Warn("disconnected from NATS", "err", err)
+			}
+		}),
+		nats.ReconnectHandler(func(c *nats.Conn) {
+			r.log.Info("reconnected to NATS", "url", c.ConnectedUrl())
+		}),
+	)
+	if err != nil {
+		return fmt.Errorf("connect to NATS at %s: %w", url, err)
+	}
+	r.nc = nc
+	if r.js, err = jetstream.New(nc); err != nil {
+		return fmt.Errorf("jetstream: %w", err)
+	}
+	return nil
+}
+
+func (r *Runner) buildPools() error {
+	var outMu sync.Mutex
+	for _, svc := range r.set.Services {
+		spec, err := r.poolSpec(svc)
+		if err != nil {
+			return err
+		}
+		p := supervisor.NewPool(spec, r.log.With("component", "supervisor"), r.opts.Output, &outMu)
+		p.SetDesired(initialScale(svc))
+		r.pools[svc.Namespace+"/"+svc.Name] = p
+	}
+	return nil
+}
+
+func (r *Runner) poolSpec(svc *servingv1.Service) (supervisor.Spec, error) {
+	tmpl := svc.Spec.Template
+	c := tmpl.Spec.Containers[0]
+	bin, err := binaryFor(r.opts.BinDir, c.Image)
+	if err != nil {
+		return supervisor.Spec{}, fmt.Errorf("Service %s/%s: %w", svc.Namespace, svc.Name, err)
+	}
+	var env []string
+	for _, e := range c.Env {
+		if e.ValueFrom == nil {
+			env = append(env, e.Name+"="+e.Value)
+		}
+	}
+	env = append(env, r.opts.Env[svc.Name]...)
+	spec := supervisor.Spec{
+		Namespace: svc.Namespace,
+		Name:      svc.Name,
+		Binary:    bin,
+		Env:       env,
+	}
+	if cc := tmpl.Spec.ContainerConcurrency; cc != nil {
+		spec.ContainerConcurrency = int(*cc)
+	}
+	if p := c.ReadinessProbe; p != nil && p.HTTPGet != nil && p.HTTPGet.Path != "" {
+		spec.ReadinessPath = p.HTTPGet.Path
+	}
+	if ts := tmpl.Spec.TimeoutSeconds; ts != nil {
+		spec.DrainTimeout = time.Duration(*ts) * time.Second
+	}
+	return spec, nil
+}
+
+// binaryFor maps a ko:// image to the executable built from it.
+func binaryFor(binDir, image string) (string, error) {
+	const ko = "ko://"
+	if !strings.HasPrefix(image, ko) {
+		return "", fmt.Errorf("image %q: the local runner runs ko:// images only", image)
+	}
+	bin := filepath.Join(binDir, filepath.Base(strings.TrimPrefix(image, ko)))
+	if _, err := os.Stat(bin); err != nil {
+		return "", fmt.Errorf("image %q: no executable at %s (run `make build`): %w", image, bin, err)
+	}
+	return bin, nil
+}
+
+// initialScale is how many instances a Service starts with: Knative's
+// initial-scale, at least min-scale, and at least one.
+func initialScale(svc *servingv1.Service) int {
+	anns := svc.Spec.Template.Annotations
+	n := 1
+	for _, kp := range []interface {
+		Get(map[string]string) (string, string, bool)
+	}{autoscaling.MinScaleAnnotation, autoscaling.InitialScaleAnnotation} {
+		if _, v, ok := kp.Get(anns); ok {
+			if i, err := strconv.Atoi(v); err == nil && i > n {
+				n = i
+			}
+		}
+	}
+	return n
+}
+
+func (r *Runner) buildDispatchers(ctx context.Context) error {
+	client := &http.Client{Transport: &http.Transport{
+		Proxy:               nil,
+		DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		MaxIdleConns:        1024,
+		MaxIdleConnsPerHost: 256,
+		IdleConnTimeout:     90 * time.Second,
+	}}
+	for _, t := range r.set.Triggers {
+		b := r.set.Broker(t.Namespace, config.TriggerBroker(t))
+		sub, err := r.endpoint(t.Namespace, t.Spec.Subscriber)
+		if err != nil {
+			return fmt.Errorf("Trigger %s/%s: subscriber: %w", t.Namespace, t.Name, err)
+		}
+		delivery := t.Spec.Delivery
+		if delivery == nil {
+			delivery = b.Spec.Delivery
+		}
+		var dls triggers.Endpoint
+		if delivery != nil && delivery.DeadLetterSink != nil {
+			if dls, err = r.endpoint(t.Namespace, *delivery.DeadLetterSink); err != nil {
+				return fmt.Errorf("Trigger %s/%s: deadLetterSink: %w", t.Namespace, t.Name, err)
+			}
+		}
+		d, err := triggers.New(ctx, r.js, r.store, client, triggers.Config{
+			Trigger:     t,
+			Broker:      broker.Ref{Namespace: b.Namespace, Name: b.Name},
+			Delivery:    delivery,
+			Subscriber:  sub,
+			DeadLetter:  dls,
+			Concurrency: r.concurrency(t),
+		}, r.log.With("component", "dispatcher"))
+		if err != nil {
+			return err
+		}
+		r.disps = append(r.disps, d)
+	}
+	return nil
+}
+
+// endpoint resolves a Destination: a Service in config, or a URI.
+func (r *Runner) endpoint(ns string, d duckv1.Destination) (triggers.Endpoint, error) {
+	if d.Ref != nil {
+		refNS := d.Ref.Namespace
+		if refNS == "" {
+			refNS = ns
+		}
+		p, ok := r.pools[refNS+"/"+d.Ref.Name]
+		if !ok {
+			return nil, fmt.Errorf("Service %s/%s is not in config", refNS, d.Ref.Name)
+		}
+		return p, nil
+	}
+	if d.URI == nil {
+		return nil, errors.New("neither ref nor uri is set")
+	}
+	return triggers.URL{U: d.URI.URL()}, nil
+}
+
+// concurrency is how many events a Trigger delivers at once: its
+// annotation, else what its Service can take (containerConcurrency times
+// max-scale), else 100.
+func (r *Runner) concurrency(t *eventingv1.Trigger) int {
+	if v, ok := t.Annotations[ConcurrencyAnnotation]; ok {
+		if n, err := strconv.Atoi(v); err == nil && n > 0 {
+			return n
+		}
+		r.log.Warn("ignoring invalid annotation", "trigger", t.Name, "annotation", ConcurrencyAnnotation, "value", v)
+	}
+	ref := t.Spec.Subscriber.Ref
+	if ref == nil {
+		return 100
+	}
+	svc := r.set.Service(t.Namespace, ref.Name)
+	if svc == nil {
+		return 100
+	}
+	cc := 100
+	if c := svc.Spec.Template.Spec.ContainerConcurrency; c != nil && *c > 0 {
+		cc = int(*c)
+	}
+	maxScale := 1
+	if _, v, ok := autoscaling.MaxScaleAnnotation.Get(svc.Spec.Template.Annotations); ok {
+		if n, err := strconv.Atoi(v); err == nil && n > 0 {
+			maxScale = n
+		}
+	}
+	return min(cc*maxScale, 1000)
+}
+
+// IngressURL is the base URL of the Broker ingress.
+func (r *Runner) IngressURL() string { return "http://" + r.ln.Addr().String() }
+
+// Brokers lists the Brokers served, as namespace/name.
+func (r *Runner) Brokers() []string {
+	var out []string
+	for _, b := range r.set.Brokers {
+		out = append(out, b.Namespace+"/"+b.Name)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// NATSURL is the URL of the NATS server in use.
+func (r *Runner) NATSURL() string { return r.nc.ConnectedUrl() }
+
+// Pools returns the function supervisors, by namespace/name.
+func (r *Runner) Pools() map[string]*supervisor.Pool { return r.pools }
+
+// Run serves until ctx is done, then stops in order: the ingress first, the
+// dispatchers (letting deliveries in flight finish), the function
+// instances, and NATS last.
+func (r *Runner) Run(ctx context.Context) error {
+	poolCtx, stopPools := context.WithCancel(context.WithoutCancel(ctx))
+	dispCtx, stopDisps := context.WithCancel(ctx)
+	defer stopDisps()
+	var poolsWG, dispWG sync.WaitGroup
+	for _, p := range r.pools {
+		poolsWG.Go(func() { p.Run(poolCtx) })
+	}
+	dispErr := make(chan error, len(r.disps))
+	for _, d := range r.disps {
+		dispWG.Go(func() {
+			if err := d.Run(dispCtx); err != nil {
+				dispErr <- err
+			}
+		})
+	}
+	srvErr := make(chan error, 1)
+	go func() { srvErr <- r.srv.Serve(r.ln) }()
+
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-srvErr:
+		err = fmt.Errorf("broker ingress: %w", err)
+	case err = <-dispErr:
+	}
+	r.log.Info("shutting down")
+	shutCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	_ = r.srv.Shutdown(shutCtx)
+	cancel()
+	stopDisps()
+	dispWG.Wait()
+	stopPools()
+	poolsWG.Wait()
+	r.close()
+	r.log.Info("stopped")
+	return err
+}
+
+func (r *Runner) close() {
+	if r.ln != nil {
+		_ = r.ln.Close()
+	}
+	if r.nc != nil {
+		_ = r.nc.Drain()
+		r.nc.Close()
+	}
+	if r.natsSrv != nil {
+		r.natsSrv.Shutdown()
+	}
+}

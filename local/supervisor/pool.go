@@ -1,0 +1,482 @@
+// Package supervisor runs the instances of a function as OS processes, the
+// way Knative Serving runs the pods of a Revision: it starts them, probes
+// their readiness, balances requests over the ready ones within
+// containerConcurrency, drains them before stopping them and replaces those
+// that die.
+package supervisor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// Spec describes the processes of one Service.
+type Spec struct {
+	Namespace string
+	Name      string
+	// Binary is the function's executable.
+	Binary string
+	// Env is the container's environment, KEY=VALUE.
+	Env []string
+	// ContainerConcurrency is the hard limit of requests an instance takes
+	// at once; 0 means no limit.
+	ContainerConcurrency int
+	// ReadinessPath is probed until it answers 200.
+	ReadinessPath string
+	// ReadyTimeout bounds a start; an instance not ready by then is killed.
+	ReadyTimeout time.Duration
+	// DrainTimeout bounds how long a stopping instance may finish its work.
+	DrainTimeout time.Duration
+}
+
+type state int
+
+const (
+	starting state = iota
+	ready
+	draining
+)
+
+type instance struct {
+	name     string
+	url      *url.URL
+	cmd      *exec.Cmd
+	state    state
+	inflight int
+	started  time.Time
+	readyIn  time.Duration
+	exited   chan struct{}
+}
+
+// Pool is the set of instances of one Service.
+type Pool struct {
+	spec  Spec
+	log   *slog.Logger
+	out   io.Writer
+	outMu *sync.Mutex
+	probe *http.Client
+
+	mu        sync.Mutex
+	desired   int
+	seq       int
+	insts     map[*instance]struct{}
+	changed   chan struct{} // closed and replaced on every change
+	waiting   int
+	failures  int       // consecutive instances that died before ready
+	notBefore time.Time // crash-loop backoff
+	kick      chan struct{}
+}
+
+// NewPool returns a Pool for spec; instance output goes to out, one line at
+// a time behind the instance's name, serialised with outMu.
+func NewPool(spec Spec, log *slog.Logger, out io.Writer, outMu *sync.Mutex) *Pool {
+	if spec.ReadinessPath == "" {
+		spec.ReadinessPath = "/health/readiness"
+	}
+	if spec.ReadyTimeout <= 0 {
+		spec.ReadyTimeout = 30 * time.Second
+	}
+	if spec.DrainTimeout <= 0 {
+		spec.DrainTimeout = 30 * time.Second
+	}
+	return &Pool{
+		spec:    spec,
+		log:     log.With("service", spec.Name),
+		out:     out,
+		outMu:   outMu,
+		probe:   &http.Client{Timeout: time.Second},
+		insts:   map[*instance]struct{}{},
+		changed: make(chan struct{}),
+		kick:    make(chan struct{}, 1),
+	}
+}
+
+// Name is the Service's name.
+func (p *Pool) Name() string { return p.spec.Name }
+
+// SetDesired sets how many instances the Pool keeps running.
+func (p *Pool) SetDesired(n int) {
+	p.mu.Lock()
+	p.desired = max(n, 0)
+	p.mu.Unlock()
+	p.wake()
+}
+
+func (p *Pool) wake() {
+	select {
+	case p.kick <- struct{}{}:
+	default:
+	}
+}
+
+// broadcast wakes every Acquire waiting for a change; p.mu must be held.
+func (p *Pool) broadcast() {
+	close(p.changed)
+	p.changed = make(chan struct{})
+}
+
+// Acquire returns the URL of the ready instance with the fewest requests in
+// flight that is below containerConcurrency, waiting for one if none is.
+func (p *Pool) Acquire(ctx context.Context) (*url.URL, func(), error) {
+	counted := false
+	defer func() {
+		if counted {
+			p.mu.Lock()
+			p.waiting--
+			p.mu.Unlock()
+		}
+	}()
+	for {
+		p.mu.Lock()
+		if in := p.pickLocked(); in != nil {
+			in.inflight++
+			p.mu.Unlock()
+			var once sync.Once
+			return in.url, func() { once.Do(func() { p.release(in) }) }, nil
+		}
+		if !counted {
+			p.waiting++
+			counted = true
+		}
+		ch := p.changed
+		p.mu.Unlock()
+		p.wake()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return nil, nil, fmt.Errorf("service %s: %w", p.spec.Name, context.Cause(ctx))
+		}
+	}
+}
+
+func (p *Pool) pickLocked() *instance {
+	var best *instance
+	for in := range p.insts {
+		if in.state != ready {
+			continue
+		}
+		if cc := p.spec.ContainerConcurrency; cc > 0 && in.inflight >= cc {
+			continue
+		}
+		if best == nil || in.inflight < best.inflight {
+			best = in
+		}
+	}
+	return best
+}
+
+func (p *Pool) release(in *instance) {
+	p.mu.Lock()
+	in.inflight--
+	p.broadcast()
+	p.mu.Unlock()
+}
+
+// Run keeps the desired number of instances until ctx is done, then drains
+// and stops them all.
+func (p *Pool) Run(ctx context.Context) {
+	tick := time.NewTicker(250 * time.Millisecond)
+	defer tick.Stop()
+	var wg sync.WaitGroup
+	for {
+		p.reconcile(ctx, &wg)
+		select {
+		case <-ctx.Done():
+			p.stopAll(&wg)
+			wg.Wait()
+			return
+		case <-p.kick:
+		case <-tick.C:
+		}
+	}
+}
+
+func (p *Pool) reconcile(ctx context.Context, wg *sync.WaitGroup) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	live := 0
+	for in := range p.insts {
+		if in.state != draining {
+			live++
+		}
+	}
+	for ; live < p.desired && time.Now().After(p.notBefore); live++ {
+		in := p.newInstanceLocked()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			p.launch(ctx, in)
+		}()
+	}
+	for ; live > p.desired; live-- {
+		victim := p.victimLocked()
+		if victim == nil {
+			break
+		}
+		victim.state = draining
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			p.stop(victim, "scale down")
+		}()
+	}
+}
+
+// victimLocked picks the instance to stop on scale down: a starting one
+// first, else the ready one with the least work.
+func (p *Pool) victimLocked() *instance {
+	var v *instance
+	for in := range p.insts {
+		switch {
+		case in.state == draining:
+		case v == nil:
+			v = in
+		case in.state == starting && v.state != starting:
+			v = in
+		case in.state == v.state && in.inflight < v.inflight:
+			v = in
+		}
+	}
+	return v
+}
+
+func (p *Pool) newInstanceLocked() *instance {
+	p.seq++
+	in := &instance{
+		name:    fmt.Sprintf("%s-%d", p.spec.Name, p.seq),
+		state:   starting,
+		started: time.Now(),
+		exited:  make(chan struct{}),
+	}
+	p.insts[in] = struct{}{}
+	return in
+}
+
+func (p *Pool) launch(ctx context.Context, in *instance) {
+	if err := p.start(in); err != nil {
+		p.log.Error("instance failed to start", "instance", in.name, "err", err)
+		p.forget(in, false)
+		return
+	}
+	if err := p.awaitReady(ctx, in); err != nil {
+		p.mu.Lock()
+		stopping := in.state == draining
+		p.mu.Unlock()
+		if !stopping {
+			p.log.Error("instance did not become ready", "instance", in.name, "err", err)
+			_ = in.cmd.Process.Kill()
+		}
+		<-in.exited
+		return
+	}
+	p.mu.Lock()
+	if in.state == starting {
+		in.state = ready
+		in.readyIn = time.Since(in.started)
+		p.failures = 0
+		p.broadcast()
+	}
+	p.mu.Unlock()
+	p.log.Info("instance ready", "instance", in.name, "pid", in.cmd.Process.Pid, "url", in.url.String(), "coldStart", in.readyIn.Round(time.Millisecond))
+}
+
+// start creates the instance's listening socket, hands it to the new
+// process as fd 3, and watches the process.
+func (p *Pool) start(in *instance) error {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	f, err := ln.(*net.TCPListener).File()
+	ln.Close()
+	if err != nil {
+		return fmt.Errorf("listener fd: %w", err)
+	}
+	defer f.Close()
+	addr := ln.Addr().(*net.TCPAddr)
+	u := &url.URL{Scheme: "http", Host: addr.String(), Path: "/"}
+	p.mu.Lock()
+	in.url = u
+	p.mu.Unlock()
+
+	cmd := exec.Command(p.spec.Binary)
+	cmd.ExtraFiles = []*os.File{f}
+	cmd.Env = append(os.Environ(), p.spec.Env...)
+	cmd.Env = append(cmd.Env,
+		"FUNC_LISTEN_FD=3",
+		"PORT="+strconv.Itoa(addr.Port),
+		"K_SERVICE="+p.spec.Name,
+		"K_CONFIGURATION="+p.spec.Name,
+		"K_REVISION="+p.spec.Name+"-00001",
+		"KOFFEESHOP_INSTANCE="+in.name,
+		"FUNC_DRAIN_TIMEOUT="+p.spec.DrainTimeout.String(),
+	)
+	w := &lineWriter{mu: p.outMu, out: p.out, prefix: []byte(in.name + " | ")}
+	cmd.Stdout, cmd.Stderr = w, w
+	cmd.SysProcAttr = procAttr()
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start %s: %w", p.spec.Binary, err)
+	}
+	p.mu.Lock()
+	in.cmd = cmd
+	p.mu.Unlock()
+	go func() {
+		err := cmd.Wait()
+		close(in.exited)
+		p.mu.Lock()
+		expected := in.state == draining
+		p.mu.Unlock()
+		if !expected {
+			p.log.Warn("instance exited", "instance", in.name, "pid", cmd.Process.Pid, "err", err)
+		}
+		p.forget(in, expected)
+	}()
+	return nil
+}
+
+// forget removes an instance that is gone and schedules its replacement,
+// backing off when instances keep dying before they are ready.
+func (p *Pool) forget(in *instance, expected bool) {
+	p.mu.Lock()
+	if _, ok := p.insts[in]; ok {
+		delete(p.insts, in)
+		if !expected && in.readyIn == 0 {
+			p.failures++
+			backoff := min(100*time.Millisecond<<min(p.failures, 7), 10*time.Second)
+			p.notBefore = time.Now().Add(backoff)
+		}
+		p.broadcast()
+	}
+	p.mu.Unlock()
+	p.wake()
+}
+
+func (p *Pool) awaitReady(ctx context.Context, in *instance) error {
+	p.mu.Lock()
+	u := *in.url
+	p.mu.Unlock()
+	u.Path = p.spec.ReadinessPath
+	deadline := time.NewTimer(p.spec.ReadyTimeout)
+	defer deadline.Stop()
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
+		if err != nil {
+			return err
+		}
+		if resp, err := p.probe.Do(req); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-in.exited:
+			return errors.New("process exited")
+		case <-deadline.C:
+			return fmt.Errorf("not ready after %s", p.spec.ReadyTimeout)
+		case <-tick.C:
+		}
+	}
+}
+
+// stop drains an instance that is already marked draining: it waits for its
+// requests in flight to finish, then sends SIGTERM (the function drains
+// too), and SIGKILL after DrainTimeout.
+func (p *Pool) stop(in *instance, why string) {
+	deadline := time.Now().Add(p.spec.DrainTimeout)
+	for {
+		p.mu.Lock()
+		n, ch := in.inflight, p.changed
+		p.mu.Unlock()
+		if n == 0 || time.Now().After(deadline) {
+			break
+		}
+		select {
+		case <-ch:
+		case <-in.exited:
+		case <-time.After(time.Until(deadline)):
+		}
+	}
+	if in.cmd == nil {
+		return
+	}
+	p.log.Info("stopping instance", "instance", in.name, "reason", why)
+	_ = in.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-in.exited:
+	case <-time.After(time.Until(deadline) + time.Second):
+		p.log.Warn("instance did not stop in time, killing it", "instance", in.name)
+		_ = in.cmd.Process.Kill()
+		<-in.exited
+	}
+}
+
+func (p *Pool) stopAll(wg *sync.WaitGroup) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.desired = 0
+	for in := range p.insts {
+		if in.state == draining {
+			continue
+		}
+		in.state = draining
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			p.stop(in, "shutdown")
+		}()
+	}
+	p.broadcast()
+}
+
+// InstanceStatus describes one instance.
+type InstanceStatus struct {
+	Name      string        `json:"name"`
+	PID       int           `json:"pid"`
+	URL       string        `json:"url"`
+	State     string        `json:"state"`
+	InFlight  int           `json:"inFlight"`
+	ColdStart time.Duration `json:"coldStartNanos"`
+}
+
+// Status describes the Pool.
+type Status struct {
+	Service   string           `json:"service"`
+	Desired   int              `json:"desired"`
+	Waiting   int              `json:"waiting"`
+	Instances []InstanceStatus `json:"instances"`
+}
+
+// Status returns a snapshot of the Pool.
+func (p *Pool) Status() Status {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	s := Status{Service: p.spec.Name, Desired: p.desired, Waiting: p.waiting}
+	for in := range p.insts {
+		is := InstanceStatus{Name: in.name, State: [...]string{"starting", "ready", "draining"}[in.state], InFlight: in.inflight, ColdStart: in.readyIn}
+		if in.url != nil {
+			is.URL = in.url.String()
+		}
+		if in.cmd != nil && in.cmd.Process != nil {
+			is.PID = in.cmd.Process.Pid
+		}
+		s.Instances = append(s.Instances, is)
+	}
+	return s
+}
