@@ -44,12 +44,26 @@ type Set struct {
 	ConfigMaps []*corev1.ConfigMap
 }
 
-// LoadDir reads every .yaml, .yml and .json file in dir (not recursively, as
-// `kubectl apply -f dir` does), then defaults and validates the result.
-func LoadDir(ctx context.Context, dir string) (*Set, error) {
+// LoadDir reads every .yaml, .yml and .json file in each dir (not
+// recursively, as `kubectl apply -f dir` does) into one Set, then defaults
+// and validates the result as a whole.
+func LoadDir(ctx context.Context, dirs ...string) (*Set, error) {
+	s := &Set{}
+	for _, dir := range dirs {
+		if err := s.decodeDir(dir); err != nil {
+			return nil, err
+		}
+	}
+	if err := s.Finish(ctx); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *Set) decodeDir(dir string) error {
 	entries, err := os.ReadDir(dir)
 	if err != nil {
-		return nil, fmt.Errorf("read config dir: %w", err)
+		return fmt.Errorf("read config dir: %w", err)
 	}
 	var names []string
 	for _, e := range entries {
@@ -62,25 +76,21 @@ func LoadDir(ctx context.Context, dir string) (*Set, error) {
 	}
 	sort.Strings(names)
 	if len(names) == 0 {
-		return nil, fmt.Errorf("config dir %s: no manifests found", dir)
+		return fmt.Errorf("config dir %s: no manifests found", dir)
 	}
-	s := &Set{}
 	for _, n := range names {
 		path := filepath.Join(dir, n)
 		f, err := os.Open(path)
 		if err != nil {
-			return nil, fmt.Errorf("open manifest: %w", err)
+			return fmt.Errorf("open manifest: %w", err)
 		}
 		err = s.decode(f, path)
 		f.Close()
 		if err != nil {
-			return nil, err
+			return err
 		}
 	}
-	if err := s.Finish(ctx); err != nil {
-		return nil, err
-	}
-	return s, nil
+	return nil
 }
 
 // Parse reads a multi-document YAML or JSON stream into a Set, then defaults
