@@ -4,7 +4,9 @@ ADDR    ?= 127.0.0.1:8080
 DATA    ?= .koffeeshop/data
 FUNCS   := take-order prepare-beverage notify
 
-.PHONY: all build run test vet fmt-check bench clean
+FUZZTIME ?= 10s
+
+.PHONY: all build run test vet fmt-check fuzz bench clean
 
 all: build
 
@@ -17,9 +19,17 @@ build:
 run: build
 	./$(BIN)/koffeeshop -config config -bin-dir $(BIN) -addr $(ADDR) -data-dir $(DATA)
 
-## test: formatting, vet, and every test with the race detector
-test: fmt-check vet
-	$(GO) test -race -count=1 -timeout 15m ./...
+## test: formatting, every test with the race detector and all vet checks,
+## then each fuzz target for $(FUZZTIME)
+test: fmt-check
+	$(GO) test -race -vet=all -count=1 -timeout 20m ./...
+	$(MAKE) --no-print-directory fuzz
+
+## fuzz: run each fuzz target for a bounded time
+fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzIngress$$' -fuzztime $(FUZZTIME) ./broker
+	$(GO) test -run '^$$' -fuzz '^FuzzFilter$$' -fuzztime $(FUZZTIME) ./triggers
+	$(GO) test -run '^$$' -fuzz '^FuzzParseReply$$' -fuzztime $(FUZZTIME) ./triggers
 
 vet:
 	$(GO) vet ./...

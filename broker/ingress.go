@@ -73,8 +73,9 @@ func (in *Ingress) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 	status, err := in.accept(r.Context(), ref, r)
 	if err != nil {
-		if status >= 500 {
+		if status == http.StatusServiceUnavailable {
 			in.log.Error("ingress could not store event", "broker", ref.String(), "err", err)
+			w.Header().Set("Retry-After", "1")
 		}
 		httpError(w, status, "%s", err)
 		return

@@ -35,19 +35,28 @@ type Result struct {
 	DroppedTTL bool
 }
 
+// DefaultPublishTimeout bounds the wait for JetStream's acknowledgement.
+const DefaultPublishTimeout = 5 * time.Second
+
 // Store publishes events to the JetStream streams of the Brokers.
 type Store struct {
 	js         jetstream.JetStream
 	log        *slog.Logger
+	timeout    time.Duration
 	defaultTTL func(context.Context, cloudevents.Event) cloudevents.Event
 	now        func() time.Time
 }
 
-// NewStore returns a Store that publishes through js.
-func NewStore(js jetstream.JetStream, log *slog.Logger) *Store {
+// NewStore returns a Store that publishes through js and waits at most
+// timeout (DefaultPublishTimeout when 0) for each acknowledgement.
+func NewStore(js jetstream.JetStream, log *slog.Logger, timeout time.Duration) *Store {
+	if timeout <= 0 {
+		timeout = DefaultPublishTimeout
+	}
 	return &Store{
 		js:         js,
 		log:        log,
+		timeout:    timeout,
 		defaultTTL: kbroker.TTLDefaulter(zap.NewNop(), DefaultTTL),
 		now:        time.Now,
 	}
@@ -74,6 +83,8 @@ func (s *Store) Publish(ctx context.Context, r Ref, e *cloudevents.Event) (Resul
 	msg := &nats.Msg{Subject: r.Subject(), Data: body, Header: nats.Header{}}
 	msg.Header.Set("Content-Type", cloudevents.ApplicationCloudEventsJSON)
 	msg.Header.Set("Ce-Type", ev.Type())
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
 	ack, err := s.js.PublishMsg(ctx, msg,
 		jetstream.WithMsgID(MsgID(ev.Source(), ev.ID())),
 		jetstream.WithExpectStream(r.StreamName()))

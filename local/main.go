@@ -30,6 +30,7 @@ func run() int {
 		dataDir   = flag.String("data-dir", ".koffeeshop/data", "embedded JetStream storage directory")
 		natsURL   = flag.String("nats-url", "", "use this external NATS server instead of the embedded one")
 		natsPort  = flag.Int("nats-port", -1, "embedded NATS client port (-1: any free port)")
+		maxBody   = flag.Int64("max-body-bytes", 1<<20, "largest event the ingress accepts (413 above)")
 		verbose   = flag.Bool("v", false, "debug logging")
 	)
 	flag.Parse()
@@ -52,13 +53,14 @@ func run() int {
 		}
 	}
 	r, err := runner.New(ctx, runner.Options{
-		ConfigDirs: dirs,
-		BinDir:     *binDir,
-		Addr:       *addr,
-		DataDir:    *dataDir,
-		NATSURL:    *natsURL,
-		NATSPort:   *natsPort,
-		Output:     os.Stderr,
+		ConfigDirs:   dirs,
+		BinDir:       *binDir,
+		Addr:         *addr,
+		DataDir:      *dataDir,
+		NATSURL:      *natsURL,
+		NATSPort:     *natsPort,
+		Output:       os.Stderr,
+		MaxBodyBytes: *maxBody,
 	}, log)
 	if err != nil {
 		log.Error("cannot start", "err", err)

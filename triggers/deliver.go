@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"runtime/debug"
 	"time"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
@@ -16,6 +17,7 @@ import (
 	cehttp "github.com/cloudevents/sdk-go/v2/protocol/http"
 	"github.com/nats-io/nats.go/jetstream"
 	kbroker "knative.dev/eventing/pkg/broker"
+	eventingduckv1 "knative.dev/eventing/pkg/apis/duck/v1"
 	"knative.dev/eventing/pkg/eventfilter"
 	"knative.dev/eventing/pkg/kncloudevents/attributes"
 
@@ -39,6 +41,15 @@ type outcome struct {
 func (d *Dispatcher) handle(ctx context.Context, msg jetstream.Msg) {
 	d.stats.InFlight.Add(1)
 	defer d.stats.InFlight.Add(-1)
+	defer func() {
+		// A bug must not take the dispatcher down with every Trigger of
+		// the process; the event stays in the stream for inspection.
+		if p := recover(); p != nil {
+			d.log.Error("delivery panicked, event terminated", "panic", p, "stack", string(debug.Stack()))
+			d.stats.Terminated.Add(1)
+			_ = msg.TermWithReason("dispatcher panic")
+		}
+	}()
 
 	meta, err := msg.Metadata()
 	if err != nil {
@@ -58,7 +69,7 @@ func (d *Dispatcher) handle(ctx context.Context, msg jetstream.Msg) {
 		return
 	}
 
-	stop := keepAlive(msg, d.policy.Timeout)
+	stop := keepAlive(msg, d.cfg.AckWait)
 	defer stop()
 
 	// The broker's TTL is not shown to subscribers; a reply carries it on.
@@ -140,6 +151,14 @@ func (d *Dispatcher) attempt(ctx context.Context, ep Endpoint, ev *cloudevents.E
 
 	rctx, cancel := context.WithTimeout(ctx, d.policy.Timeout)
 	defer cancel()
+	if f := d.cfg.Delivery; f != nil && f.Format != nil {
+		switch *f.Format {
+		case eventingduckv1.DeliveryFormatJson:
+			rctx = binding.WithForceStructured(rctx)
+		case eventingduckv1.DeliveryFormatBinary:
+			rctx = binding.WithForceBinary(rctx)
+		}
+	}
 	req, err := http.NewRequestWithContext(rctx, http.MethodPost, dest.String(), nil)
 	if err != nil {
 		return outcome{dest: dest, code: http.StatusInternalServerError, err: fmt.Errorf("build request: %w", err)}
@@ -168,17 +187,15 @@ func (d *Dispatcher) attempt(ctx context.Context, ep Endpoint, ev *cloudevents.E
 	return outcome{dest: dest, code: resp.StatusCode, resp: resp, body: body, reply: reply}
 }
 
+// failure is a failed attempt with the status it counts as; a transport
+// error (no response at all) counts as 500, as Knative reports it.
 func failure(dest *url.URL, code int, resp *http.Response, body []byte, err error) outcome {
 	o := outcome{dest: dest, code: code, resp: resp, body: body, err: err}
-	probe := resp
-	if probe == nil && code != http.StatusInternalServerError {
-		probe = &http.Response{StatusCode: code}
+	if resp == nil && code == http.StatusInternalServerError {
+		o.permit = retryable(nil, err)
+	} else {
+		o.permit = retryable(&http.Response{StatusCode: code}, nil)
 	}
-	var transportErr error
-	if probe == nil {
-		transportErr = err
-	}
-	o.permit = retryable(probe, transportErr)
 	return o
 }
 
@@ -202,10 +219,11 @@ func parseReply(ctx context.Context, h http.Header, body []byte) (*cloudevents.E
 	return ev, nil
 }
 
-// keepAlive tells JetStream the message is still being worked on, so a
-// slow subscriber does not make it redeliver the event to someone else.
-func keepAlive(msg jetstream.Msg, timeout time.Duration) func() {
-	every := max(time.Second, min(10*time.Second, timeout/3))
+// keepAlive tells JetStream the message is still being worked on, three
+// times per AckWait, so a slow subscriber does not make it redeliver the
+// event to someone else.
+func keepAlive(msg jetstream.Msg, ackWait time.Duration) func() {
+	every := max(10*time.Millisecond, ackWait/3)
 	t := time.NewTicker(every)
 	done := make(chan struct{})
 	go func() {

@@ -40,6 +40,9 @@ type Config struct {
 	AcquireTimeout time.Duration
 	// DrainTimeout bounds how long in-flight deliveries may finish on stop.
 	DrainTimeout time.Duration
+	// AckWait is how long JetStream waits for an ack or an in-progress
+	// signal before it redelivers (default: the attempt timeout + 30s).
+	AckWait time.Duration
 }
 
 // Dispatcher runs one Trigger.
@@ -94,14 +97,16 @@ func New(ctx context.Context, js jetstream.JetStream, pub broker.Publisher, clie
 	}
 	// A message is in our hands for at most one attempt, the reply publish
 	// and the dead-letter send; in-progress acks extend it while we work.
-	ackWait := policy.Timeout + 30*time.Second
+	if cfg.AckWait <= 0 {
+		cfg.AckWait = policy.Timeout + 30*time.Second
+	}
 	maxAckPending := max(1000, cfg.Concurrency*10)
 	cons, err := js.CreateOrUpdateConsumer(ctx, cfg.Broker.StreamName(), jetstream.ConsumerConfig{
 		Durable:       ConsumerName(t),
 		Description:   fmt.Sprintf("Knative Trigger %s/%s", t.Namespace, t.Name),
 		DeliverPolicy: jetstream.DeliverNewPolicy,
 		AckPolicy:     jetstream.AckExplicitPolicy,
-		AckWait:       ackWait,
+		AckWait:       cfg.AckWait,
 		MaxDeliver:    -1,
 		MaxAckPending: maxAckPending,
 		FilterSubject: cfg.Broker.Subject(),
@@ -128,6 +133,9 @@ func New(ctx context.Context, js jetstream.JetStream, pub broker.Publisher, clie
 
 // Stats returns the Dispatcher's counters.
 func (d *Dispatcher) Stats() *Stats { return d.stats }
+
+// Name is the Trigger's namespace/name.
+func (d *Dispatcher) Name() string { return d.name }
 
 // Consumer returns the Trigger's JetStream consumer.
 func (d *Dispatcher) Consumer() jetstream.Consumer { return d.cons }
@@ -185,4 +193,16 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 			d.handle(work, msg)
 		}()
 	}
+}
+
+// EffectiveDelivery is the DeliverySpec a Trigger's deliveries follow: the
+// Trigger's own when it sets one, else its Broker's.
+func EffectiveDelivery(t *eventingv1.Trigger, b *eventingv1.Broker) *eventingduckv1.DeliverySpec {
+	if t.Spec.Delivery != nil {
+		return t.Spec.Delivery
+	}
+	if b != nil {
+		return b.Spec.Delivery
+	}
+	return nil
 }

@@ -75,10 +75,31 @@ func materialize(f eventingv1.SubscriptionsAPIFilter) (eventfilter.Filter, error
 		}
 		return subscriptionsapi.NewNotFilter(inner), nil
 	case f.CESQL != "":
-		return subscriptionsapi.NewCESQLFilter(f.CESQL)
+		cf, err := subscriptionsapi.NewCESQLFilter(f.CESQL)
+		if err != nil {
+			return nil, err
+		}
+		return failOnPanic{inner: cf}, nil
 	}
 	return nil, nil
 }
+
+// failOnPanic turns a panic of the filter into a failed match. Knative's
+// CESQL filter panics when an expression that passes validation does not
+// evaluate to a boolean (cesql: "0"); such a Trigger matches nothing rather
+// than crashing the dispatcher.
+type failOnPanic struct{ inner eventfilter.Filter }
+
+func (f failOnPanic) Filter(ctx context.Context, e cloudevents.Event) (res eventfilter.FilterResult) {
+	defer func() {
+		if recover() != nil {
+			res = eventfilter.FailFilter
+		}
+	}()
+	return f.inner.Filter(ctx, e)
+}
+
+func (f failOnPanic) Cleanup() { f.inner.Cleanup() }
 
 // allFilter fails as soon as one child fails, else it answers what the
 // last child answered (NoFilter when it has none).

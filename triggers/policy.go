@@ -51,12 +51,13 @@ func retryable(resp *http.Response, err error) bool {
 	return ok
 }
 
-// Delay is the wait before retry number retry (1 for the first retry). It
-// is the DeliverySpec backoff, as Knative computes it for that retry, or
-// the Retry-After of a 429/503 when RetryAfterMax allows it and it is longer.
+// Delay is the wait before retry number retry (1 for the first retry): the
+// DeliverySpec backoff as Knative documents it, backoffDelay × retry for
+// linear and backoffDelay × 2^retry for exponential (eventing's own
+// RetryConfig.Backoff, called as its tests call it), or the Retry-After of
+// a 429/503 when retryAfterMax allows one and it is longer.
 func (p Policy) Delay(retry int, resp *http.Response) time.Duration {
-	// Knative's retrying client passes the zero-based retry index.
-	d := p.cfg.Backoff(retry-1, resp)
+	d := p.cfg.Backoff(retry, resp)
 	if p.RetryAfterMax != nil && *p.RetryAfterMax > 0 && resp != nil &&
 		(resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusServiceUnavailable) {
 		ra := retryAfter(resp.Header.Get("Retry-After"), time.Now())

@@ -22,6 +22,9 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	eventingv1 "knative.dev/eventing/pkg/apis/eventing/v1"
 	duckv1 "knative.dev/pkg/apis/duck/v1"
 	"knative.dev/serving/pkg/apis/autoscaling"
@@ -71,6 +74,7 @@ type Runner struct {
 	store   *broker.Store
 	pools   map[string]*supervisor.Pool // by namespace/name
 	disps   []*triggers.Dispatcher
+	metrics *prometheus.Registry
 	ln      net.Listener
 	srv     *http.Server
 }
@@ -85,7 +89,8 @@ func New(ctx context.Context, opts Options, log *slog.Logger) (_ *Runner, err er
 	if opts.Output == nil {
 		opts.Output = os.Stderr
 	}
-	r := &Runner{opts: opts, log: log, pools: map[string]*supervisor.Pool{}}
+	r := &Runner{opts: opts, log: log, pools: map[string]*supervisor.Pool{}, metrics: prometheus.NewRegistry()}
+	r.metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	defer func() {
 		if err != nil {
 			r.close()
@@ -97,7 +102,7 @@ func New(ctx context.Context, opts Options, log *slog.Logger) (_ *Runner, err er
 	if err = r.connect(); err != nil {
 		return nil, err
 	}
-	r.store = broker.NewStore(r.js, log.With("component", "broker"))
+	r.store = broker.NewStore(r.js, log.With("component", "broker"), 0)
 	var refs []broker.Ref
 	for _, b := range r.set.Brokers {
 		ref := broker.Ref{Namespace: b.Namespace, Name: b.Name}
@@ -117,6 +122,7 @@ func New(ctx context.Context, opts Options, log *slog.Logger) (_ *Runner, err er
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /health/readiness", func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusOK) })
+	mux.Handle("GET /metrics", promhttp.HandlerFor(r.metrics, promhttp.HandlerOpts{}))
 	mux.Handle("/", broker.NewIngress(r.store, refs, log.With("component", "ingress"), broker.IngressOptions{MaxBodyBytes: opts.MaxBodyBytes}))
 	r.srv = &http.Server{
 		Handler:           mux,
@@ -162,6 +168,9 @@ func (r *Runner) connect() error {
 		nats.Name("koffeeshop-local"),
 		nats.MaxReconnects(-1),
 		nats.ReconnectWait(250*time.Millisecond),
+		// While disconnected, fail a publish at once (the ingress answers
+		// 503) instead of buffering it in memory.
+		nats.ReconnectBufSize(-1),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			if err != nil {
 				r.log.Warn("disconnected from NATS", "err", err)
@@ -265,16 +274,15 @@ func (r *Runner) buildDispatchers(ctx context.Context) error {
 		MaxIdleConnsPerHost: 256,
 		IdleConnTimeout:     90 * time.Second,
 	}}
+	coll := &triggers.Collector{}
+	r.metrics.MustRegister(coll)
 	for _, t := range r.set.Triggers {
 		b := r.set.Broker(t.Namespace, config.TriggerBroker(t))
 		sub, err := r.endpoint(t.Namespace, t.Spec.Subscriber)
 		if err != nil {
 			return fmt.Errorf("Trigger %s/%s: subscriber: %w", t.Namespace, t.Name, err)
 		}
-		delivery := t.Spec.Delivery
-		if delivery == nil {
-			delivery = b.Spec.Delivery
-		}
+		delivery := triggers.EffectiveDelivery(t, b)
 		var dls triggers.Endpoint
 		if delivery != nil && delivery.DeadLetterSink != nil {
 			if dls, err = r.endpoint(t.Namespace, *delivery.DeadLetterSink); err != nil {
@@ -293,6 +301,7 @@ func (r *Runner) buildDispatchers(ctx context.Context) error {
 			return err
 		}
 		r.disps = append(r.disps, d)
+		coll.Add(d)
 	}
 	return nil
 }

@@ -1,0 +1,313 @@
+package triggers_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	cloudevents "github.com/cloudevents/sdk-go/v2"
+	"github.com/cloudevents/sdk-go/v2/binding"
+	cehttp "github.com/cloudevents/sdk-go/v2/protocol/http"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	eventingv1 "knative.dev/eventing/pkg/apis/eventing/v1"
+	"knative.dev/eventing/pkg/apis/feature"
+
+	"github.com/koffeeshop/koffeeshop/broker"
+	"github.com/koffeeshop/koffeeshop/config"
+	"github.com/koffeeshop/koffeeshop/local/natsd"
+	"github.com/koffeeshop/koffeeshop/triggers"
+)
+
+// natsURL is the JetStream server shared by the tests of this package; each
+// test gets a Broker (a stream) of its own.
+var natsURL string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "triggers-js-")
+	if err != nil {
+		panic(err)
+	}
+	srv, err := natsd.Start(natsd.Options{StoreDir: dir, Port: -1}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		panic(err)
+	}
+	natsURL = srv.ClientURL()
+	code := m.Run()
+	srv.Shutdown()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+var brokerSeq atomic.Int64
+
+type harness struct {
+	t     *testing.T
+	js    jetstream.JetStream
+	store *broker.Store
+	ref   broker.Ref
+}
+
+func newHarness(t *testing.T) *harness {
+	t.Helper()
+	nc, err := nats.Connect(natsURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref := broker.Ref{Namespace: "default", Name: fmt.Sprintf("b%d", brokerSeq.Add(1))}
+	if _, err := broker.EnsureStream(context.Background(), js, ref, broker.StreamOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	return &harness{t: t, js: js, store: broker.NewStore(js, slog.New(slog.DiscardHandler), 0), ref: ref}
+}
+
+// manifests parses a Broker and a Trigger with Knative's types and
+// validation; {{broker}} names this harness's Broker. retryAfterMax needs
+// the delivery-retryafter feature, enabled here as a cluster would.
+func (h *harness) manifests(brokerDelivery, triggerYAML string) (*eventingv1.Trigger, *eventingv1.Broker) {
+	h.t.Helper()
+	doc := fmt.Sprintf(`apiVersion: eventing.knative.dev/v1
+kind: Broker
+metadata:
+  name: %s
+  namespace: %s
+  annotations: {eventing.knative.dev/broker.class: MTChannelBasedBroker}
+spec:
+%s
+---
+%s`, h.ref.Name, h.ref.Namespace, indent(brokerDelivery, "  "), strings.ReplaceAll(triggerYAML, "{{broker}}", h.ref.Name))
+	flags, err := feature.NewFlagsConfigFromMap(map[string]string{feature.DeliveryRetryAfter: "enabled"})
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	set, err := config.Parse(feature.ToContext(context.Background(), flags), strings.NewReader(doc), h.t.Name())
+	if err != nil {
+		h.t.Fatalf("manifests do not validate: %v\n%s", err, doc)
+	}
+	return set.Triggers[0], set.Brokers[0]
+}
+
+func indent(s, pre string) string {
+	if strings.TrimSpace(s) == "" {
+		return pre + "{}"
+	}
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	for i, l := range lines {
+		lines[i] = pre + l
+	}
+	return strings.Join(lines, "\n")
+}
+
+// run starts a Dispatcher and stops it when the test ends.
+func (h *harness) run(cfg triggers.Config, pub broker.Publisher) *triggers.Dispatcher {
+	h.t.Helper()
+	cfg.Broker = h.ref
+	if pub == nil {
+		pub = h.store
+	}
+	client := &http.Client{Transport: &http.Transport{Proxy: nil, MaxIdleConnsPerHost: 64}}
+	d, err := triggers.New(context.Background(), h.js, pub, client, cfg, slog.New(slog.DiscardHandler))
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx) }()
+	h.t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			h.t.Errorf("dispatcher: %v", err)
+		}
+	})
+	return d
+}
+
+func (h *harness) publish(ev cloudevents.Event) {
+	h.t.Helper()
+	if _, err := h.store.Publish(context.Background(), h.ref, &ev); err != nil {
+		h.t.Fatal(err)
+	}
+}
+
+// stored returns every event in the Broker's stream, in order.
+func (h *harness) stored() []cloudevents.Event {
+	h.t.Helper()
+	st, err := h.js.Stream(context.Background(), h.ref.StreamName())
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	info, err := st.Info(context.Background())
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	var out []cloudevents.Event
+	for seq := info.State.FirstSeq; seq <= info.State.LastSeq && info.State.Msgs > 0; seq++ {
+		m, err := st.GetMsg(context.Background(), seq)
+		if err != nil {
+			h.t.Fatal(err)
+		}
+		ev, err := broker.Decode(m.Data)
+		if err != nil {
+			h.t.Fatal(err)
+		}
+		out = append(out, ev)
+	}
+	return out
+}
+
+// settled waits until the consumer has nothing pending or unacknowledged.
+func (h *harness) settled(d *triggers.Dispatcher, timeout time.Duration) {
+	h.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		info, err := d.Consumer().Info(context.Background())
+		if err != nil {
+			h.t.Fatal(err)
+		}
+		if info.NumPending == 0 && info.NumAckPending == 0 && info.NumRedelivered == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			h.t.Fatalf("consumer not settled: pending %d, ack pending %d, redelivered %d", info.NumPending, info.NumAckPending, info.NumRedelivered)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func newEvent(id, typ string) cloudevents.Event {
+	ev := cloudevents.NewEvent()
+	ev.SetID(id)
+	ev.SetSource("/conformance")
+	ev.SetType(typ)
+	_ = ev.SetData(cloudevents.ApplicationJSON, map[string]string{"id": id})
+	return ev
+}
+
+// response is one scripted answer of a subscriber.
+type response struct {
+	status int
+	header map[string]string
+	body   string
+	delay  time.Duration
+	// reply answers with a new event of this type (binary mode).
+	reply string
+}
+
+type attempt struct {
+	at     time.Time
+	event  cloudevents.Event
+	header http.Header
+}
+
+// subscriber answers its script in order, the last entry from then on,
+// and records every attempt.
+type subscriber struct {
+	*httptest.Server
+	script []response
+
+	mu          sync.Mutex
+	attempts    []attempt
+	inFlight    int
+	maxInFlight int
+	arrived     chan struct{}
+}
+
+func newSubscriber(t *testing.T, script ...response) *subscriber {
+	s := &subscriber{script: script, arrived: make(chan struct{}, 1)}
+	if len(s.script) == 0 {
+		s.script = []response{{status: http.StatusAccepted}}
+	}
+	s.Server = httptest.NewServer(http.HandlerFunc(s.serve))
+	t.Cleanup(s.Close)
+	return s
+}
+
+func (s *subscriber) serve(w http.ResponseWriter, r *http.Request) {
+	ev, err := binding.ToEvent(r.Context(), cehttp.NewMessageFromHttpRequest(r))
+	if err != nil {
+		http.Error(w, "subscriber got no CloudEvent: "+err.Error(), http.StatusTeapot)
+		return
+	}
+	s.mu.Lock()
+	n := len(s.attempts)
+	s.attempts = append(s.attempts, attempt{at: time.Now(), event: *ev, header: r.Header.Clone()})
+	s.inFlight++
+	s.maxInFlight = max(s.maxInFlight, s.inFlight)
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		s.inFlight--
+		s.mu.Unlock()
+		select {
+		case s.arrived <- struct{}{}:
+		default:
+		}
+	}()
+	resp := s.script[min(n, len(s.script)-1)]
+	if resp.delay > 0 {
+		select {
+		case <-time.After(resp.delay):
+		case <-r.Context().Done():
+			return
+		}
+	}
+	for k, v := range resp.header {
+		w.Header().Set(k, v)
+	}
+	if resp.reply != "" {
+		rep := cloudevents.NewEvent()
+		rep.SetID(fmt.Sprintf("reply-%d-%s", n, ev.ID()))
+		rep.SetSource("/conformance/subscriber")
+		rep.SetType(resp.reply)
+		_ = rep.SetData(cloudevents.ApplicationJSON, map[string]int{"attempt": n})
+		if err := cehttp.WriteResponseWriter(r.Context(), binding.ToMessage(&rep), resp.status, w); err != nil {
+			panic(err)
+		}
+		return
+	}
+	w.WriteHeader(resp.status)
+	_, _ = io.WriteString(w, resp.body)
+}
+
+func (s *subscriber) got() []attempt {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]attempt(nil), s.attempts...)
+}
+
+func (s *subscriber) peak() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.maxInFlight
+}
+
+// waitAttempts waits for at least n attempts.
+func (s *subscriber) waitAttempts(t *testing.T, n int, timeout time.Duration) []attempt {
+	t.Helper()
+	deadline := time.After(timeout)
+	for {
+		if got := s.got(); len(got) >= n {
+			return got
+		}
+		select {
+		case <-s.arrived:
+		case <-time.After(20 * time.Millisecond):
+		case <-deadline:
+			t.Fatalf("%d of %d attempts after %s", len(s.got()), n, timeout)
+		}
+	}
+}

@@ -1,0 +1,64 @@
+package triggers
+
+import (
+	"sync"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Collector exports the counters of Dispatchers to Prometheus, read at
+// scrape time from each Dispatcher's Stats.
+type Collector struct {
+	mu    sync.Mutex
+	disps []*Dispatcher
+}
+
+var (
+	eventsDesc = prometheus.NewDesc("koffeeshop_trigger_events_total",
+		"Events a Trigger's dispatcher finished with, by result: delivered, filtered, retried (an attempt failed and was scheduled again), dead_lettered, terminated (failed for good without a dead-letter sink).",
+		[]string{"trigger", "result"}, nil)
+	repliesDesc = prometheus.NewDesc("koffeeshop_trigger_replies_total",
+		"Reply events a Trigger's subscriber returned and the broker stored.",
+		[]string{"trigger"}, nil)
+	inFlightDesc = prometheus.NewDesc("koffeeshop_trigger_in_flight",
+		"Deliveries a Trigger's dispatcher has under way.",
+		[]string{"trigger"}, nil)
+)
+
+// Add makes d's counters part of the collection.
+func (c *Collector) Add(d *Dispatcher) {
+	c.mu.Lock()
+	c.disps = append(c.disps, d)
+	c.mu.Unlock()
+}
+
+// Describe implements prometheus.Collector.
+func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- eventsDesc
+	ch <- repliesDesc
+	ch <- inFlightDesc
+}
+
+// Collect implements prometheus.Collector.
+func (c *Collector) Collect(ch chan<- prometheus.Metric) {
+	c.mu.Lock()
+	disps := append([]*Dispatcher(nil), c.disps...)
+	c.mu.Unlock()
+	for _, d := range disps {
+		s := d.stats
+		for _, r := range []struct {
+			name string
+			v    int64
+		}{
+			{"delivered", s.Delivered.Load()},
+			{"filtered", s.Filtered.Load()},
+			{"retried", s.Retried.Load()},
+			{"dead_lettered", s.DeadLettered.Load()},
+			{"terminated", s.Terminated.Load()},
+		} {
+			ch <- prometheus.MustNewConstMetric(eventsDesc, prometheus.CounterValue, float64(r.v), d.name, r.name)
+		}
+		ch <- prometheus.MustNewConstMetric(repliesDesc, prometheus.CounterValue, float64(s.Replies.Load()), d.name)
+		ch <- prometheus.MustNewConstMetric(inFlightDesc, prometheus.GaugeValue, float64(s.InFlight.Load()), d.name)
+	}
+}
