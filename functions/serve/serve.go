@@ -95,17 +95,8 @@ func New(cfg Config, h Handler) (*Server, error) {
 		s.maxBodyBytes = DefaultMaxBodyBytes
 	}
 
-	p, err := cloudevents.NewHTTP()
-	if err != nil {
-		return nil, fmt.Errorf("create cloudevents http protocol: %w", err)
-	}
-	receiver, err := cloudevents.NewHTTPReceiveHandler(context.Background(), p, s.invoke)
-	if err != nil {
-		return nil, fmt.Errorf("create cloudevents receive handler: %w", err)
-	}
-
 	s.mux = http.NewServeMux()
-	s.mux.Handle("POST /", s.admit(receiver))
+	s.mux.HandleFunc("POST /", s.receive)
 	s.mux.HandleFunc("GET "+ReadinessPath, s.readiness)
 	s.mux.HandleFunc("GET "+LivenessPath, liveness)
 	return s, nil
@@ -189,40 +180,53 @@ func (s *Server) invoke(ctx context.Context, e cloudevents.Event) (reply *cloude
 	return nil, cehttp.NewResult(code, "%w", err)
 }
 
-// admit buffers the request body, refusing bodies over the size limit with
-// 413 and requests that are not decodable CloudEvents with 415 or 400, so that
-// the sender does not retry what can never succeed.
-func (s *Server) admit(next http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.ContentLength > s.maxBodyBytes {
+// receive handles one CloudEvent request on the request's own goroutine.
+// Bodies over the size limit get 413 and requests that are not decodable
+// CloudEvents 415 or 400, so that the sender does not retry what can never
+// succeed; the handler's reply goes back in binary mode.
+func (s *Server) receive(w http.ResponseWriter, r *http.Request) {
+	if r.ContentLength > s.maxBodyBytes {
+		http.Error(w, "request body too large", http.StatusRequestEntityTooLarge)
+		return
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.maxBodyBytes))
+	if err != nil {
+		if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
 			http.Error(w, "request body too large", http.StatusRequestEntityTooLarge)
 			return
 		}
-		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.maxBodyBytes))
-		if err != nil {
-			if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
-				http.Error(w, "request body too large", http.StatusRequestEntityTooLarge)
-				return
-			}
-			http.Error(w, "read request body", http.StatusBadRequest)
-			return
-		}
+		http.Error(w, "read request body", http.StatusBadRequest)
+		return
+	}
 
-		msg := cehttp.NewMessage(r.Header, io.NopCloser(bytes.NewReader(body)))
-		if _, err := binding.ToEvent(r.Context(), msg); err != nil {
-			code := http.StatusBadRequest
-			if errors.Is(err, binding.ErrUnknownEncoding) {
-				code = http.StatusUnsupportedMediaType
-			}
-			s.log.Warn("request refused", "status", code, "err", err)
-			http.Error(w, fmt.Sprintf("not a valid CloudEvent: %v", err), code)
-			return
+	msg := cehttp.NewMessage(r.Header, io.NopCloser(bytes.NewReader(body)))
+	event, err := binding.ToEvent(r.Context(), msg)
+	if err == nil {
+		err = event.Validate()
+	}
+	if err != nil {
+		code := http.StatusBadRequest
+		if errors.Is(err, binding.ErrUnknownEncoding) {
+			code = http.StatusUnsupportedMediaType
 		}
+		s.log.Warn("request refused", "status", code, "err", err)
+		http.Error(w, fmt.Sprintf("not a valid CloudEvent: %v", err), code)
+		return
+	}
 
-		r.Body = io.NopCloser(bytes.NewReader(body))
-		r.ContentLength = int64(len(body))
-		next.ServeHTTP(w, r)
-	})
+	reply, res := s.invoke(r.Context(), *event)
+	if res != nil {
+		code := StatusCode(res)
+		http.Error(w, res.Error(), code)
+		return
+	}
+	if reply == nil {
+		w.WriteHeader(http.StatusOK)
+		return
+	}
+	if err := cehttp.WriteResponseWriter(r.Context(), binding.ToMessage(reply), http.StatusOK, w); err != nil {
+		s.log.Error("write reply", "err", err)
+	}
 }
 
 func (s *Server) readiness(w http.ResponseWriter, _ *http.Request) {
