@@ -266,9 +266,9 @@ func TestConformance(t *testing.T) {
 			wantAttempts: 2, wantResult: deadLettered, wantCode: 502,
 		},
 		{
-			name:        "spec.delivery.format json delivers in structured mode",
-			delivery:    "format: json",
-			script:      []response{{status: 200}},
+			name:         "spec.delivery.format json delivers in structured mode",
+			delivery:     "format: json",
+			script:       []response{{status: 200}},
 			wantAttempts: 1, wantResult: delivered,
 			check: func(t *testing.T, r *run) {
 				if ct := r.sub.got()[0].header.Get("Content-Type"); !strings.HasPrefix(ct, "application/cloudevents+json") {

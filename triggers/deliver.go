@@ -16,8 +16,8 @@ import (
 	"github.com/cloudevents/sdk-go/v2/binding"
 	cehttp "github.com/cloudevents/sdk-go/v2/protocol/http"
 	"github.com/nats-io/nats.go/jetstream"
-	kbroker "knative.dev/eventing/pkg/broker"
 	eventingduckv1 "knative.dev/eventing/pkg/apis/duck/v1"
+	kbroker "knative.dev/eventing/pkg/broker"
 	"knative.dev/eventing/pkg/eventfilter"
 	"knative.dev/eventing/pkg/kncloudevents/attributes"
 
