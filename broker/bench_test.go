@@ -62,7 +62,7 @@ func BenchmarkIngress(b *testing.B) {
 		b.RunParallel(func(pb *testing.PB) {
 			for pb.Next() {
 				n := seq.Add(1)
-				msg := &nats.Msg{Subject: env.ref.Subject(), Data: []byte(`{"customer":"ada","beverage":"latte"}`), Header: nats.Header{}}
+				msg := &nats.Msg{Subject: env.ref.TypeSubject("com.koffeeshop.order.placed"), Data: []byte(`{"customer":"ada","beverage":"latte"}`), Header: nats.Header{}}
 				if _, err := js.PublishMsg(context.Background(), msg, jetstream.WithMsgID(fmt.Sprint("raw-", n))); err != nil {
 					b.Fatal(err)
 				}

@@ -80,7 +80,7 @@ func (s *Store) Publish(ctx context.Context, r Ref, e *cloudevents.Event) (Resul
 	if err != nil {
 		return Result{}, fmt.Errorf("encode event %s: %w", ev.ID(), err)
 	}
-	msg := &nats.Msg{Subject: r.Subject(), Data: body, Header: nats.Header{}}
+	msg := &nats.Msg{Subject: r.TypeSubject(ev.Type()), Data: body, Header: nats.Header{}}
 	msg.Header.Set("Content-Type", cloudevents.ApplicationCloudEventsJSON)
 	msg.Header.Set("Ce-Type", ev.Type())
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)

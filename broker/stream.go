@@ -25,7 +25,13 @@ func (r Ref) String() string { return r.Namespace + "/" + r.Name }
 // token makes a Kubernetes name usable inside a NATS subject token and a
 // stream or consumer name, which may not contain '.', '*', '>' or spaces.
 func token(s string) string {
-	return strings.NewReplacer(".", "_", "*", "_", ">", "_", " ", "_").Replace(s)
+	return strings.Map(func(r rune) rune {
+		switch r {
+		case '.', '*', '>', ' ', '\t', '\r', '\n':
+			return '_'
+		}
+		return r
+	}, s)
 }
 
 // StreamName is the JetStream stream that holds the Broker's events.
@@ -33,8 +39,25 @@ func (r Ref) StreamName() string {
 	return "KNATIVE_BROKER_" + token(r.Namespace) + "_" + token(r.Name)
 }
 
-// Subject is the subject the Broker's events are published on.
+// Subject is the wildcard subject of all the Broker's events.
 func (r Ref) Subject() string {
+	return r.base() + ".*"
+}
+
+// TypeSubject is the subject an event of type ceType is published on. The
+// type is one subject token, so a Trigger whose filter pins the type can
+// let JetStream select its events (and count its backlog) server-side. The
+// Trigger's own filter still decides: two types that map to one token only
+// cost a filtered-out delivery.
+func (r Ref) TypeSubject(ceType string) string {
+	t := token(ceType)
+	if t == "" {
+		t = "_"
+	}
+	return r.base() + "." + t
+}
+
+func (r Ref) base() string {
 	return "knative.broker." + token(r.Namespace) + "." + token(r.Name)
 }
 

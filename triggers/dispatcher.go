@@ -109,7 +109,7 @@ func New(ctx context.Context, js jetstream.JetStream, pub broker.Publisher, clie
 		AckWait:       cfg.AckWait,
 		MaxDeliver:    -1,
 		MaxAckPending: maxAckPending,
-		FilterSubject: cfg.Broker.Subject(),
+		FilterSubject: filterSubject(cfg.Broker, t),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("trigger %s/%s: create consumer: %w", t.Namespace, t.Name, err)

@@ -9,6 +9,8 @@ import (
 	"knative.dev/eventing/pkg/eventfilter"
 	"knative.dev/eventing/pkg/eventfilter/attributes"
 	"knative.dev/eventing/pkg/eventfilter/subscriptionsapi"
+
+	"github.com/koffeeshop/koffeeshop/broker"
 )
 
 // NewFilter builds the Trigger's filter as Knative's broker filter does:
@@ -153,4 +155,42 @@ func (a anyFilter) Cleanup() {
 	for _, f := range a {
 		f.Cleanup()
 	}
+}
+
+// filterSubject narrows a Trigger's consumer to one event type when its
+// filter requires an exact type, else takes every event of the Broker.
+func filterSubject(b broker.Ref, t *eventingv1.Trigger) string {
+	if typ, ok := exactType(t); ok {
+		return b.TypeSubject(typ)
+	}
+	return b.Subject()
+}
+
+// exactType finds a type every matching event must have: filter.attributes
+// type (when filters is unset), or an exact type in the implicit all of
+// filters or of a top-level all.
+func exactType(t *eventingv1.Trigger) (string, bool) {
+	if len(t.Spec.Filters) == 0 {
+		if t.Spec.Filter != nil {
+			if v := t.Spec.Filter.Attributes["type"]; v != "" {
+				return v, true
+			}
+		}
+		return "", false
+	}
+	return exactTypeIn(t.Spec.Filters)
+}
+
+func exactTypeIn(all []eventingv1.SubscriptionsAPIFilter) (string, bool) {
+	for _, f := range all {
+		if v, ok := f.Exact["type"]; ok && len(f.Exact) == 1 {
+			return v, true
+		}
+		if len(f.All) > 0 {
+			if v, ok := exactTypeIn(f.All); ok {
+				return v, true
+			}
+		}
+	}
+	return "", false
 }
