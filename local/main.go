@@ -31,6 +31,8 @@ func run() int {
 		natsURL   = flag.String("nats-url", "", "use this external NATS server instead of the embedded one")
 		natsPort  = flag.Int("nats-port", -1, "embedded NATS client port (-1: any free port)")
 		maxBody   = flag.Int64("max-body-bytes", 1<<20, "largest event the ingress accepts (413 above)")
+		only      = flag.String("only", "", "comma-separated Services to run (with the Triggers that deliver to them); another runner on the same NATS runs the rest")
+		name      = flag.String("name", "", "a tag in this runner's instance names, to tell runners apart")
 		verbose   = flag.Bool("v", false, "debug logging")
 	)
 	flag.Parse()
@@ -61,6 +63,8 @@ func run() int {
 		NATSPort:     *natsPort,
 		Output:       os.Stderr,
 		MaxBodyBytes: *maxBody,
+		Only:         splitList(*only),
+		Name:         *name,
 	}, log)
 	if err != nil {
 		log.Error("cannot start", "err", err)
@@ -74,4 +78,14 @@ func run() int {
 		return 1
 	}
 	return 0
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, v := range strings.Split(s, ",") {
+		if v = strings.TrimSpace(v); v != "" {
+			out = append(out, v)
+		}
+	}
+	return out
 }

@@ -41,6 +41,11 @@ func TestMain(m *testing.M) {
 			fmt.Fprintln(os.Stderr, "building functions:", err)
 			return 1
 		}
+		// nats-server itself, for tests against an out-of-process server.
+		if err := runner.BuildImages(context.Background(), []string{"github.com/nats-io/nats-server/v2"}, binDir); err != nil {
+			fmt.Fprintln(os.Stderr, "building nats-server:", err)
+			return 1
+		}
 		return m.Run()
 	}()
 	os.Exit(code)
@@ -110,10 +115,32 @@ type shop struct {
 	collector *collector
 }
 
+// shopOptions vary the shop a test runs.
+type shopOptions struct {
+	configDir string              // instead of config/
+	env       map[string][]string // per Service, on top of BREW_TIME=0s
+	natsURL   string              // an external NATS
+	only      []string
+	name      string
+	collector *collector // share another shop's observer
+}
+
 // startShop runs the coffee shop from config/ plus a test Trigger that sends
 // every event of the broker to a collector.
 func startShop(t *testing.T) *shop {
 	t.Helper()
+	return startShopWith(t, shopOptions{})
+}
+
+func startShopWith(t *testing.T, o shopOptions) *shop {
+	t.Helper()
+	if o.configDir == "" {
+		o.configDir = configDir()
+	}
+	env := map[string][]string{"prepare-beverage": {"BREW_TIME=0s"}}
+	for k, v := range o.env {
+		env[k] = append(env[k], v...)
+	}
 	col, srv := newCollector(t)
 	extra := t.TempDir()
 	trigger := fmt.Sprintf(`apiVersion: eventing.knative.dev/v1
@@ -131,13 +158,21 @@ spec:
 	}
 	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	ctx, cancel := context.WithCancel(context.Background())
+	dirs := []string{o.configDir, extra}
+	if o.collector != nil {
+		dirs = []string{o.configDir}
+		col = o.collector
+	}
 	r, err := runner.New(ctx, runner.Options{
-		ConfigDirs: []string{configDir(), extra},
+		ConfigDirs: dirs,
 		BinDir:     binDir,
 		Addr:       "127.0.0.1:0",
 		DataDir:    t.TempDir(),
 		NATSPort:   -1,
-		Env:        map[string][]string{"prepare-beverage": {"BREW_TIME=0s"}},
+		NATSURL:    o.natsURL,
+		Only:       o.only,
+		Name:       o.name,
+		Env:        env,
 		Output:     testWriter{t},
 	}, log)
 	if err != nil {

@@ -49,7 +49,7 @@ spec:
 	if err != nil {
 		t.Fatal(err)
 	}
-	pool := supervisor.NewPool(supervisor.Spec{Name: "fn"}, slog.New(slog.DiscardHandler), nil, nil)
+	pool := supervisor.NewPool(supervisor.Spec{Name: "fn"}, supervisor.Scaling{}, supervisor.Options{}, slog.New(slog.DiscardHandler), nil, nil)
 	r := &Runner{set: set, log: slog.New(slog.DiscardHandler), pools: map[string]*supervisor.Pool{"default/fn": pool}}
 
 	toSvc, toURI := set.Triggers[0], set.Triggers[1]

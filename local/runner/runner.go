@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -61,6 +62,14 @@ type Options struct {
 	Output io.Writer
 	// MaxBodyBytes limits an ingress request body.
 	MaxBodyBytes int64
+	// Only limits the runner to these Services and the Triggers that
+	// deliver to them (empty: all), so that several runners on one NATS
+	// share the work.
+	Only []string
+	// Name tells this runner's instances apart from another runner's.
+	Name string
+	// ScaleTick overrides how often the autoscalers sample demand.
+	ScaleTick time.Duration
 }
 
 // Runner is the assembled system.
@@ -74,6 +83,7 @@ type Runner struct {
 	store   *broker.Store
 	pools   map[string]*supervisor.Pool // by namespace/name
 	disps   []*triggers.Dispatcher
+	feeds   map[string][]*triggers.Dispatcher // the Triggers delivering to each pool
 	metrics *prometheus.Registry
 	ln      net.Listener
 	srv     *http.Server
@@ -89,7 +99,7 @@ func New(ctx context.Context, opts Options, log *slog.Logger) (_ *Runner, err er
 	if opts.Output == nil {
 		opts.Output = os.Stderr
 	}
-	r := &Runner{opts: opts, log: log, pools: map[string]*supervisor.Pool{}, metrics: prometheus.NewRegistry()}
+	r := &Runner{opts: opts, log: log, pools: map[string]*supervisor.Pool{}, feeds: map[string][]*triggers.Dispatcher{}, metrics: prometheus.NewRegistry()}
 	r.metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	defer func() {
 		if err != nil {
@@ -123,6 +133,7 @@ func New(ctx context.Context, opts Options, log *slog.Logger) (_ *Runner, err er
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /health/readiness", func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusOK) })
 	mux.Handle("GET /metrics", promhttp.HandlerFor(r.metrics, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /status", r.serveStatus)
 	mux.Handle("/", broker.NewIngress(r.store, refs, log.With("component", "ingress"), broker.IngressOptions{MaxBodyBytes: opts.MaxBodyBytes}))
 	r.srv = &http.Server{
 		Handler:           mux,
@@ -192,16 +203,56 @@ func (r *Runner) connect() error {
 
 func (r *Runner) buildPools() error {
 	var outMu sync.Mutex
+	coldStarts := prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "koffeeshop_function_cold_start_seconds",
+		Help:    "Time from a Service leaving zero instances to its first ready instance.",
+		Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5},
+	}, []string{"service"})
+	r.metrics.MustRegister(coldStarts, poolCollector{r})
 	for _, svc := range r.set.Services {
+		if !r.runs(svc.Name) {
+			continue
+		}
 		spec, err := r.poolSpec(svc)
 		if err != nil {
 			return err
 		}
-		p := supervisor.NewPool(spec, r.log.With("component", "supervisor"), r.opts.Output, &outMu)
-		p.SetDesired(initialScale(svc))
-		r.pools[svc.Namespace+"/"+svc.Name] = p
+		sc, err := scalingFor(svc)
+		if err != nil {
+			return fmt.Errorf("Service %s/%s: %w", svc.Namespace, svc.Name, err)
+		}
+		if r.opts.ScaleTick > 0 {
+			sc.Tick = r.opts.ScaleTick
+		}
+		key := svc.Namespace + "/" + svc.Name
+		observer := coldStarts.WithLabelValues(svc.Name)
+		r.pools[key] = supervisor.NewPool(spec, sc, supervisor.Options{
+			Demand:    func(ctx context.Context) (int, error) { return r.backlog(ctx, key) },
+			ColdStart: func(d time.Duration) { observer.Observe(d.Seconds()) },
+		}, r.log.With("component", "supervisor"), r.opts.Output, &outMu)
 	}
 	return nil
+}
+
+// runs reports whether this runner runs the Service.
+func (r *Runner) runs(service string) bool {
+	return len(r.opts.Only) == 0 || slices.Contains(r.opts.Only, service)
+}
+
+// backlog is what waits in JetStream for a Service: the events pending or
+// unacknowledged in the consumers of the Triggers that deliver to it.
+func (r *Runner) backlog(ctx context.Context, pool string) (int, error) {
+	n := 0
+	for _, d := range r.feeds[pool] {
+		ctx, cancel := context.WithTimeout(ctx, time.Second)
+		info, err := d.Consumer().Info(ctx)
+		cancel()
+		if err != nil {
+			return n, fmt.Errorf("consumer of trigger %s: %w", d.Name(), err)
+		}
+		n += int(info.NumPending) + info.NumAckPending
+	}
+	return n, nil
 }
 
 func (r *Runner) poolSpec(svc *servingv1.Service) (supervisor.Spec, error) {
@@ -219,10 +270,11 @@ func (r *Runner) poolSpec(svc *servingv1.Service) (supervisor.Spec, error) {
 	}
 	env = append(env, r.opts.Env[svc.Name]...)
 	spec := supervisor.Spec{
-		Namespace: svc.Namespace,
-		Name:      svc.Name,
-		Binary:    bin,
-		Env:       env,
+		Namespace:   svc.Namespace,
+		Name:        svc.Name,
+		InstanceTag: r.opts.Name,
+		Binary:      bin,
+		Env:         env,
 	}
 	if cc := tmpl.Spec.ContainerConcurrency; cc != nil {
 		spec.ContainerConcurrency = int(*cc)
@@ -249,23 +301,6 @@ func binaryFor(binDir, image string) (string, error) {
 	return bin, nil
 }
 
-// initialScale is how many instances a Service starts with: Knative's
-// initial-scale, at least min-scale, and at least one.
-func initialScale(svc *servingv1.Service) int {
-	anns := svc.Spec.Template.Annotations
-	n := 1
-	for _, kp := range []interface {
-		Get(map[string]string) (string, string, bool)
-	}{autoscaling.MinScaleAnnotation, autoscaling.InitialScaleAnnotation} {
-		if _, v, ok := kp.Get(anns); ok {
-			if i, err := strconv.Atoi(v); err == nil && i > n {
-				n = i
-			}
-		}
-	}
-	return n
-}
-
 func (r *Runner) buildDispatchers(ctx context.Context) error {
 	client := &http.Client{Transport: &http.Transport{
 		Proxy:               nil,
@@ -277,6 +312,9 @@ func (r *Runner) buildDispatchers(ctx context.Context) error {
 	coll := &triggers.Collector{}
 	r.metrics.MustRegister(coll)
 	for _, t := range r.set.Triggers {
+		if ref := t.Spec.Subscriber.Ref; len(r.opts.Only) > 0 && (ref == nil || !r.runs(ref.Name)) {
+			continue
+		}
 		b := r.set.Broker(t.Namespace, config.TriggerBroker(t))
 		sub, err := r.endpoint(t.Namespace, t.Spec.Subscriber)
 		if err != nil {
@@ -302,6 +340,10 @@ func (r *Runner) buildDispatchers(ctx context.Context) error {
 		}
 		r.disps = append(r.disps, d)
 		coll.Add(d)
+		if p, ok := sub.(*supervisor.Pool); ok {
+			key := t.Namespace + "/" + p.Name()
+			r.feeds[key] = append(r.feeds[key], d)
+		}
 	}
 	return nil
 }

@@ -26,6 +26,9 @@ import (
 type Spec struct {
 	Namespace string
 	Name      string
+	// InstanceTag, when set, goes into instance names to tell apart the
+	// instances of runners that share a NATS.
+	InstanceTag string
 	// Binary is the function's executable.
 	Binary string
 	// Env is the container's environment, KEY=VALUE.
@@ -62,26 +65,42 @@ type instance struct {
 
 // Pool is the set of instances of one Service.
 type Pool struct {
-	spec  Spec
-	log   *slog.Logger
-	out   io.Writer
-	outMu *sync.Mutex
-	probe *http.Client
+	spec       Spec
+	scaling    Scaling
+	scaler     *autoscaler
+	demand     DemandFunc
+	coldStarts func(time.Duration)
+	log        *slog.Logger
+	out        io.Writer
+	outMu      *sync.Mutex
+	probe      *http.Client
 
-	mu        sync.Mutex
-	desired   int
-	seq       int
-	insts     map[*instance]struct{}
-	changed   chan struct{} // closed and replaced on every change
-	waiting   int
-	failures  int       // consecutive instances that died before ready
-	notBefore time.Time // crash-loop backoff
-	kick      chan struct{}
+	mu            sync.Mutex
+	desired       int
+	seq           int
+	insts         map[*instance]struct{}
+	changed       chan struct{} // closed and replaced on every change
+	waiting       int
+	backlog       int
+	lastDemand    time.Time
+	activatedAt   time.Time     // when the Pool last left zero
+	lastColdStart time.Duration // from leaving zero to the first ready instance
+	failures      int           // consecutive instances that died before ready
+	notBefore     time.Time     // crash-loop backoff
+	kick          chan struct{}
 }
 
-// NewPool returns a Pool for spec; instance output goes to out, one line at
-// a time behind the instance's name, serialised with outMu.
-func NewPool(spec Spec, log *slog.Logger, out io.Writer, outMu *sync.Mutex) *Pool {
+// Options are the optional parts of a Pool.
+type Options struct {
+	// Demand reports the Service's backlog waiting in JetStream.
+	Demand DemandFunc
+	// ColdStart is told the duration of every scale from zero.
+	ColdStart func(time.Duration)
+}
+
+// NewPool returns a Pool for spec scaled by sc; instance output goes to
+// out, one line at a time behind the instance's name, serialised with outMu.
+func NewPool(spec Spec, sc Scaling, o Options, log *slog.Logger, out io.Writer, outMu *sync.Mutex) *Pool {
 	if spec.ReadinessPath == "" {
 		spec.ReadinessPath = "/health/readiness"
 	}
@@ -91,27 +110,67 @@ func NewPool(spec Spec, log *slog.Logger, out io.Writer, outMu *sync.Mutex) *Poo
 	if spec.DrainTimeout <= 0 {
 		spec.DrainTimeout = 30 * time.Second
 	}
-	return &Pool{
-		spec:    spec,
-		log:     log.With("service", spec.Name),
-		out:     out,
-		outMu:   outMu,
-		probe:   &http.Client{Timeout: time.Second},
-		insts:   map[*instance]struct{}{},
-		changed: make(chan struct{}),
-		kick:    make(chan struct{}, 1),
+	if sc.Tick <= 0 {
+		sc.Tick = 100 * time.Millisecond
 	}
+	if sc.StableWindow <= 0 {
+		sc.StableWindow = 60 * time.Second
+	}
+	if sc.PanicWindow <= 0 {
+		sc.PanicWindow = sc.StableWindow / 10
+	}
+	if sc.PanicThreshold <= 0 {
+		sc.PanicThreshold = 2
+	}
+	if sc.IdleWindow <= 0 {
+		sc.IdleWindow = sc.StableWindow
+	}
+	if sc.Target <= 0 {
+		sc.Target = 70
+	}
+	if sc.Total <= 0 {
+		sc.Total = 100
+	}
+	if out == nil {
+		out = io.Discard
+	}
+	if outMu == nil {
+		outMu = &sync.Mutex{}
+	}
+	p := &Pool{
+		spec:       spec,
+		scaling:    sc,
+		demand:     o.Demand,
+		coldStarts: o.ColdStart,
+		log:        log.With("service", spec.Name),
+		out:        out,
+		outMu:      outMu,
+		probe:      &http.Client{Timeout: time.Second},
+		insts:      map[*instance]struct{}{},
+		changed:    make(chan struct{}),
+		kick:       make(chan struct{}, 1),
+		desired:    sc.clamp(sc.InitialScale),
+		lastDemand: time.Now(),
+	}
+	p.scaler = newAutoscaler(spec.Namespace, spec.Name, sc, func() int {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		return p.readyLocked()
+	})
+	return p
 }
 
 // Name is the Service's name.
 func (p *Pool) Name() string { return p.spec.Name }
 
-// SetDesired sets how many instances the Pool keeps running.
-func (p *Pool) SetDesired(n int) {
-	p.mu.Lock()
-	p.desired = max(n, 0)
-	p.mu.Unlock()
-	p.wake()
+func (p *Pool) readyLocked() int {
+	n := 0
+	for in := range p.insts {
+		if in.state == ready {
+			n++
+		}
+	}
+	return n
 }
 
 func (p *Pool) wake() {
@@ -150,6 +209,12 @@ func (p *Pool) Acquire(ctx context.Context) (*url.URL, func(), error) {
 			p.waiting++
 			counted = true
 		}
+		if p.desired == 0 {
+			// Scale from zero at once, as Knative's activator pokes the
+			// autoscaler: the event waits unacknowledged in JetStream.
+			p.lastDemand = time.Now()
+			p.setDesiredLocked(p.scaling.clamp(max(1, p.scaling.ActivationScale)), "activation", 0)
+		}
 		ch := p.changed
 		p.mu.Unlock()
 		p.wake()
@@ -187,7 +252,7 @@ func (p *Pool) release(in *instance) {
 // Run keeps the desired number of instances until ctx is done, then drains
 // and stops them all.
 func (p *Pool) Run(ctx context.Context) {
-	tick := time.NewTicker(250 * time.Millisecond)
+	tick := time.NewTicker(p.scaling.Tick)
 	defer tick.Stop()
 	var wg sync.WaitGroup
 	for {
@@ -198,7 +263,8 @@ func (p *Pool) Run(ctx context.Context) {
 			wg.Wait()
 			return
 		case <-p.kick:
-		case <-tick.C:
+		case now := <-tick.C:
+			p.autoscale(ctx, now)
 		}
 	}
 }
@@ -254,8 +320,12 @@ func (p *Pool) victimLocked() *instance {
 
 func (p *Pool) newInstanceLocked() *instance {
 	p.seq++
+	name := fmt.Sprintf("%s-%d", p.spec.Name, p.seq)
+	if p.spec.InstanceTag != "" {
+		name = fmt.Sprintf("%s-%s-%d", p.spec.Name, p.spec.InstanceTag, p.seq)
+	}
 	in := &instance{
-		name:    fmt.Sprintf("%s-%d", p.spec.Name, p.seq),
+		name:    name,
 		state:   starting,
 		started: time.Now(),
 		exited:  make(chan struct{}),
@@ -281,14 +351,23 @@ func (p *Pool) launch(ctx context.Context, in *instance) {
 		<-in.exited
 		return
 	}
+	var coldStart time.Duration
 	p.mu.Lock()
 	if in.state == starting {
 		in.state = ready
 		in.readyIn = time.Since(in.started)
 		p.failures = 0
+		if !p.activatedAt.IsZero() {
+			coldStart = time.Since(p.activatedAt)
+			p.lastColdStart = coldStart
+			p.activatedAt = time.Time{}
+		}
 		p.broadcast()
 	}
 	p.mu.Unlock()
+	if coldStart > 0 && p.coldStarts != nil {
+		p.coldStarts(coldStart)
+	}
 	p.log.Info("instance ready", "instance", in.name, "pid", in.cmd.Process.Pid, "url", in.url.String(), "coldStart", in.readyIn.Round(time.Millisecond))
 }
 
@@ -457,18 +536,28 @@ type InstanceStatus struct {
 
 // Status describes the Pool.
 type Status struct {
-	Service   string           `json:"service"`
-	Desired   int              `json:"desired"`
-	Waiting   int              `json:"waiting"`
-	Instances []InstanceStatus `json:"instances"`
+	Service  string `json:"service"`
+	Desired  int    `json:"desired"`
+	Ready    int    `json:"ready"`
+	InFlight int    `json:"inFlight"`
+	// Waiting deliveries have an event and wait for an instance.
+	Waiting int `json:"waiting"`
+	// Backlog is what waits in JetStream for the Service.
+	Backlog       int              `json:"backlog"`
+	LastColdStart time.Duration    `json:"lastColdStartNanos"`
+	MinScale      int              `json:"minScale"`
+	MaxScale      int              `json:"maxScale"`
+	Instances     []InstanceStatus `json:"instances"`
 }
 
 // Status returns a snapshot of the Pool.
 func (p *Pool) Status() Status {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	s := Status{Service: p.spec.Name, Desired: p.desired, Waiting: p.waiting}
+	s := Status{Service: p.spec.Name, Desired: p.desired, Waiting: p.waiting, Backlog: p.backlog,
+		Ready: p.readyLocked(), LastColdStart: p.lastColdStart, MinScale: p.scaling.MinScale, MaxScale: p.scaling.MaxScale}
 	for in := range p.insts {
+		s.InFlight += in.inflight
 		is := InstanceStatus{Name: in.name, State: [...]string{"starting", "ready", "draining"}[in.state], InFlight: in.inflight, ColdStart: in.readyIn}
 		if in.url != nil {
 			is.URL = in.url.String()
