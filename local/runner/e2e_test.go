@@ -60,7 +60,7 @@ type collector struct {
 	signal chan struct{}
 }
 
-func newCollector(t *testing.T) (*collector, *httptest.Server) {
+func newCollector(t testing.TB) (*collector, *httptest.Server) {
 	c := &collector{signal: make(chan struct{}, 1)}
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		ev, err := binding.ToEvent(r.Context(), cehttp.NewMessageFromHttpRequest(r))
@@ -94,7 +94,7 @@ func (c *collector) ofType(typ string) []cloudevents.Event {
 }
 
 // waitFor waits until n events of typ arrived, or fails the test.
-func (c *collector) waitFor(t *testing.T, typ string, n int, timeout time.Duration) []cloudevents.Event {
+func (c *collector) waitFor(t testing.TB, typ string, n int, timeout time.Duration) []cloudevents.Event {
 	t.Helper()
 	deadline := time.After(timeout)
 	for {
@@ -113,6 +113,7 @@ func (c *collector) waitFor(t *testing.T, typ string, n int, timeout time.Durati
 type shop struct {
 	*runner.Runner
 	collector *collector
+	stop      func() // stops the runner and waits for it
 }
 
 // shopOptions vary the shop a test runs.
@@ -127,12 +128,12 @@ type shopOptions struct {
 
 // startShop runs the coffee shop from config/ plus a test Trigger that sends
 // every event of the broker to a collector.
-func startShop(t *testing.T) *shop {
+func startShop(t testing.TB) *shop {
 	t.Helper()
 	return startShopWith(t, shopOptions{})
 }
 
-func startShopWith(t *testing.T, o shopOptions) *shop {
+func startShopWith(t testing.TB, o shopOptions) *shop {
 	t.Helper()
 	if o.configDir == "" {
 		o.configDir = configDir()
@@ -181,7 +182,7 @@ spec:
 	}
 	done := make(chan error, 1)
 	go func() { done <- r.Run(ctx) }()
-	t.Cleanup(func() {
+	stop := sync.OnceFunc(func() {
 		cancel()
 		select {
 		case err := <-done:
@@ -192,17 +193,18 @@ spec:
 			t.Errorf("runner did not stop")
 		}
 	})
-	return &shop{Runner: r, collector: col}
+	t.Cleanup(stop)
+	return &shop{Runner: r, collector: col, stop: stop}
 }
 
-type testWriter struct{ t *testing.T }
+type testWriter struct{ t testing.TB }
 
 func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimRight(string(p), "\n"))
 	return len(p), nil
 }
 
-func postBinary(t *testing.T, url, id, source, typ, body string) *http.Response {
+func postBinary(t testing.TB, url, id, source, typ, body string) *http.Response {
 	t.Helper()
 	req, err := http.NewRequest(http.MethodPost, url, strings.NewReader(body))
 	if err != nil {
@@ -216,7 +218,7 @@ func postBinary(t *testing.T, url, id, source, typ, body string) *http.Response 
 	return do(t, req)
 }
 
-func postStructured(t *testing.T, url string, body string) *http.Response {
+func postStructured(t testing.TB, url string, body string) *http.Response {
 	t.Helper()
 	req, err := http.NewRequest(http.MethodPost, url, strings.NewReader(body))
 	if err != nil {
@@ -226,7 +228,7 @@ func postStructured(t *testing.T, url string, body string) *http.Response {
 	return do(t, req)
 }
 
-func do(t *testing.T, req *http.Request) *http.Response {
+func do(t testing.TB, req *http.Request) *http.Response {
 	t.Helper()
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {

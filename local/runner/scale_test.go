@@ -18,7 +18,7 @@ import (
 
 // scaledConfig copies config/ with every Service's annotations and
 // container settings edited by the replacements, old → new.
-func scaledConfig(t *testing.T, replacements ...string) string {
+func scaledConfig(t testing.TB, replacements ...string) string {
 	t.Helper()
 	dir := t.TempDir()
 	files, err := filepath.Glob(filepath.Join(configDir(), "*.yaml"))
@@ -53,7 +53,7 @@ func fnStatus(s *shop, name string) supervisor.Status {
 	return supervisor.Status{}
 }
 
-func placeOrders(t *testing.T, s *shop, prefix string, n int) {
+func placeOrders(t testing.TB, s *shop, prefix string, n int) {
 	t.Helper()
 	url := s.IngressURL() + "/default/default"
 	for i := range n {
@@ -209,7 +209,7 @@ func TestKilledInstanceLosesNoEvent(t *testing.T) {
 
 // startNATSServer runs nats-server as its own process with JetStream on a
 // free loopback port.
-func startNATSServer(t *testing.T) string {
+func startNATSServer(t testing.TB) string {
 	t.Helper()
 	dir := t.TempDir()
 	cmd := exec.Command(filepath.Join(binDir, "nats-server"), "-js", "-a", "127.0.0.1", "-p", "-1", "-sd", dir, "--ports_file_dir", dir)

@@ -1,0 +1,147 @@
+package runner_test
+
+import (
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+func median(ds []time.Duration) time.Duration {
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	return s[len(s)/2]
+}
+
+// BenchmarkColdStart measures, as medians over repeated rounds, the time
+// from the 202 of an order to take-order's reply (order.accepted) reaching
+// an observer when take-order is at zero instances, against the same path
+// with take-order warm, measured in the same run.
+func BenchmarkColdStart(b *testing.B) {
+	const rounds = 7
+	for range b.N {
+		s := startShopWith(b, shopOptions{configDir: scaledConfig(b, retention("1s")...)})
+		var cold, warm, ready []time.Duration
+		for i := range rounds {
+			waitZero(b, s, "take-order")
+			cold = append(cold, orderToAccepted(b, s, fmt.Sprintf("cold-%d", i)))
+			ready = append(ready, fnStatus(s, "take-order").LastColdStart)
+			warm = append(warm, orderToAccepted(b, s, fmt.Sprintf("warm-%d", i)))
+		}
+		mc, mw := median(cold), median(warm)
+		b.ReportMetric(float64(mc.Microseconds())/1000, "ms/cold-start")
+		b.ReportMetric(float64(median(ready).Microseconds())/1000, "ms/activation-to-ready")
+		b.ReportMetric(float64(mw.Microseconds())/1000, "ms/warm-baseline")
+		b.ReportMetric(float64(mc)/float64(mw), "cold/warm")
+		b.ReportMetric(float64(2*time.Second)/float64(mc), "x-faster-than-knative-2s")
+		fmt.Printf("cold start (202 → order.accepted, take-order at zero): median %s over %d rounds; warm baseline %s; ratio %.1f; Knative's published 2-4 s is %.0f-%.0fx slower\n",
+			mc.Round(time.Microsecond*10), rounds, mw.Round(time.Microsecond*10), float64(mc)/float64(mw), float64(2*time.Second)/float64(mc), float64(4*time.Second)/float64(mc))
+	}
+}
+
+func waitZero(tb testing.TB, s *shop, name string) {
+	deadline := time.Now().Add(20 * time.Second)
+	for len(fnStatus(s, name).Instances) > 0 {
+		if time.Now().After(deadline) {
+			tb.Fatalf("%s did not scale to zero", name)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func orderToAccepted(tb testing.TB, s *shop, id string) time.Duration {
+	n := len(s.collector.ofType("com.koffeeshop.order.accepted"))
+	start := time.Now()
+	resp := postBinary(tb, s.IngressURL()+"/default/default", id, "/bench", "com.koffeeshop.order.placed", `{"customer":"ada","beverage":"latte"}`)
+	if resp.StatusCode != http.StatusAccepted {
+		tb.Fatalf("status %d", resp.StatusCode)
+	}
+	s.collector.waitFor(tb, "com.koffeeshop.order.accepted", n+1, 30*time.Second)
+	return time.Since(start)
+}
+
+// BenchmarkBurst measures the time to absorb a burst of 1,000 orders (all
+// placed, accepted, brewed with 0 s brew time and notified) starting from
+// zero instances, as the median of repeated runs.
+func BenchmarkBurst(b *testing.B) {
+	const orders, runs = 1000, 3
+	for range b.N {
+		var took []time.Duration
+		for r := range runs {
+			s := startShopWith(b, shopOptions{configDir: scaledConfig(b, retention("2s")...)})
+			start := time.Now()
+			var wg sync.WaitGroup
+			for w := range 8 {
+				wg.Go(func() {
+					for i := w; i < orders; i += 8 {
+						body := fmt.Sprintf(`{"customer":"c-%d","beverage":"latte"}`, i)
+						if resp := postBinary(b, s.IngressURL()+"/default/default", fmt.Sprintf("burst-%d-%d", r, i), "/bench", "com.koffeeshop.order.placed", body); resp.StatusCode != http.StatusAccepted {
+							b.Errorf("status %d", resp.StatusCode)
+							return
+						}
+					}
+				})
+			}
+			wg.Wait()
+			accepted := time.Since(start)
+			s.collector.waitFor(b, "com.koffeeshop.customer.notified", orders, 120*time.Second)
+			took = append(took, time.Since(start))
+			s.stop()
+			fmt.Printf("burst run %d: 1000 orders accepted in %s, all notified after %s\n", r+1, accepted.Round(time.Millisecond), took[r].Round(time.Millisecond))
+		}
+		m := median(took)
+		b.ReportMetric(float64(m.Milliseconds()), "ms/1000-orders")
+		b.ReportMetric(float64(orders)/m.Seconds(), "orders/s")
+		fmt.Printf("burst of %d orders from zero, 0 s brew: median %s over %d runs (%.0f orders/s)\n", orders, m.Round(time.Millisecond), runs, float64(orders)/m.Seconds())
+	}
+}
+
+// BenchmarkIdleMemory runs the runner binary with every function at zero
+// and reads its resident memory once it is idle, as the median of repeated
+// starts.
+func BenchmarkIdleMemory(b *testing.B) {
+	bin := filepath.Join(binDir, "koffeeshop")
+	if err := exec.Command("go", "build", "-o", bin, "github.com/koffeeshop/koffeeshop/local").Run(); err != nil {
+		b.Fatal(err)
+	}
+	for range b.N {
+		var rss []int
+		for range 3 {
+			cmd := exec.Command(bin, "-config", configDir(), "-bin-dir", binDir, "-addr", "127.0.0.1:0", "-data-dir", b.TempDir())
+			if err := cmd.Start(); err != nil {
+				b.Fatal(err)
+			}
+			time.Sleep(3 * time.Second)
+			kb, err := vmRSS(cmd.Process.Pid)
+			_ = cmd.Process.Signal(os.Interrupt)
+			_ = cmd.Wait()
+			if err != nil {
+				b.Fatal(err)
+			}
+			rss = append(rss, kb)
+		}
+		slices.Sort(rss)
+		b.ReportMetric(float64(rss[1])/1024, "MiB-idle-rss")
+		fmt.Printf("idle runner (embedded NATS, every function at zero): median RSS %.1f MiB over 3 starts\n", float64(rss[1])/1024)
+	}
+}
+
+func vmRSS(pid int) (int, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmRSS:" {
+			return strconv.Atoi(f[1])
+		}
+	}
+	return 0, fmt.Errorf("no VmRSS for pid %d", pid)
+}
