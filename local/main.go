@@ -71,6 +71,9 @@ func run() int {
 		return 1
 	}
 	log.Info("koffeeshop is running", "ingress", r.IngressURL(), "brokers", strings.Join(r.Brokers(), ","), "nats", r.NATSURL())
+	if len(*only) == 0 {
+		fmt.Fprintf(os.Stderr, "\nThe coffee-shop board: %s\n", r.BoardURL())
+	}
 	broker := r.Brokers()[0]
 	fmt.Fprintf(os.Stderr, "\nPlace an order:\n\n  curl -i -X POST %s/%s \\\n    -H 'ce-specversion: 1.0' -H 'ce-type: com.koffeeshop.order.placed' \\\n    -H 'ce-source: /curl' -H \"ce-id: $(date +%%s%%N)\" -H 'content-type: application/json' \\\n    -d '{\"customer\":\"ada\",\"beverage\":\"latte\"}'\n\nCtrl-C stops everything.\n\n", r.IngressURL(), broker)
 	if err := r.Run(ctx); err != nil {

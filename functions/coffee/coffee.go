@@ -9,11 +9,14 @@ import (
 
 // CloudEvent types flowing through the shop.
 const (
-	TypeOrderPlaced      = "com.koffeeshop.order.placed"
-	TypeOrderAccepted    = "com.koffeeshop.order.accepted"
-	TypeOrderRejected    = "com.koffeeshop.order.rejected"
-	TypeBeverageReady    = "com.koffeeshop.beverage.ready"
-	TypeCustomerNotified = "com.koffeeshop.customer.notified"
+	TypeOrderPlaced   = "com.koffeeshop.order.placed"
+	TypeOrderAccepted = "com.koffeeshop.order.accepted"
+	TypeOrderRejected = "com.koffeeshop.order.rejected"
+	TypeBeverageReady = "com.koffeeshop.beverage.ready"
+	// TypeBeveragePreparing is a progress event prepare-beverage sends to
+	// its sink (K_SINK) when it starts brewing; it carries a Ready payload.
+	TypeBeveragePreparing = "com.koffeeshop.beverage.preparing"
+	TypeCustomerNotified  = "com.koffeeshop.customer.notified"
 )
 
 // Order is the payload of an order.placed event.

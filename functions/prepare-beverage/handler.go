@@ -16,6 +16,8 @@ const functionName = "prepare-beverage"
 // barista brews accepted orders.
 type barista struct {
 	brewTime time.Duration
+	// progress, when set, is told that brewing started.
+	progress func(ctx context.Context, e cloudevents.Event) error
 }
 
 // handle brews the beverage of an accepted order and replies that it is
@@ -32,11 +34,24 @@ func (b barista) handle(ctx context.Context, e cloudevents.Event) (*cloudevents.
 		return nil, serve.BadRequest("accepted order needs orderId, customer and beverage")
 	}
 
+	name := serve.Instance(ctx)
+	if b.progress != nil {
+		// Best effort: a lost progress event only hides a step on the board.
+		started, err := coffee.NewReply(e, functionName, coffee.TypeBeveragePreparing, order.OrderID, coffee.Ready{
+			OrderID: order.OrderID, Customer: order.Customer, Beverage: order.Beverage, Barista: name,
+		})
+		if err == nil {
+			err = b.progress(ctx, *started)
+		}
+		if err != nil {
+			serve.Logger(ctx).Warn("progress event not sent", "orderId", order.OrderID, "err", err)
+		}
+	}
+
 	if err := brew(ctx, b.brewTime); err != nil {
 		return nil, fmt.Errorf("brew %s for order %s: %w", order.Beverage, order.OrderID, err)
 	}
 
-	name := serve.Instance(ctx)
 	reply, err := coffee.NewReply(e, functionName, coffee.TypeBeverageReady, order.OrderID, coffee.Ready{
 		OrderID:  order.OrderID,
 		Customer: order.Customer,

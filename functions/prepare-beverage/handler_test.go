@@ -147,3 +147,27 @@ func TestRepliesAreDeterministic(t *testing.T) {
 		t.Errorf("different input id gave the same reply id %q", other.ID())
 	}
 }
+
+func TestProgressEventOnStart(t *testing.T) {
+	var got []cloudevents.Event
+	b := barista{progress: func(_ context.Context, e cloudevents.Event) error {
+		got = append(got, e)
+		return nil
+	}}
+	in := cloudevents.NewEvent()
+	in.SetID("acc-1")
+	in.SetSource("/koffeeshop/take-order")
+	in.SetType(coffee.TypeOrderAccepted)
+	_ = in.SetData(cloudevents.ApplicationJSON, coffee.Accepted{OrderID: "o-1", Customer: "ada", Beverage: "latte"})
+	ctx := serve.WithInstance(context.Background(), "prepare-beverage-7")
+	if _, err := b.handle(ctx, in); err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 1 || got[0].Type() != coffee.TypeBeveragePreparing || got[0].Subject() != "o-1" {
+		t.Fatalf("progress events %v", got)
+	}
+	var r coffee.Ready
+	if err := coffee.Decode(got[0], &r); err != nil || r.Barista != "prepare-beverage-7" {
+		t.Fatalf("progress payload %+v (%v)", r, err)
+	}
+}

@@ -19,5 +19,14 @@ func main() {
 		serve.NewLogger(os.Stderr, functionName, serve.InstanceName(os.Getenv)).Error("invalid configuration", "err", err)
 		os.Exit(1)
 	}
-	serve.Main(functionName, barista{brewTime: brewTime}.handle)
+	b := barista{brewTime: brewTime}
+	if sink := os.Getenv("K_SINK"); sink != "" {
+		s, err := newSink(sink)
+		if err != nil {
+			serve.NewLogger(os.Stderr, functionName, serve.InstanceName(os.Getenv)).Error("invalid K_SINK", "err", err)
+			os.Exit(1)
+		}
+		b.progress = s
+	}
+	serve.Main(functionName, b.handle)
 }

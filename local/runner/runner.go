@@ -33,6 +33,7 @@ import (
 
 	"github.com/koffeeshop/koffeeshop/broker"
 	"github.com/koffeeshop/koffeeshop/config"
+	"github.com/koffeeshop/koffeeshop/local/board"
 	"github.com/koffeeshop/koffeeshop/local/natsd"
 	"github.com/koffeeshop/koffeeshop/local/supervisor"
 	"github.com/koffeeshop/koffeeshop/triggers"
@@ -85,6 +86,9 @@ type Runner struct {
 	disps   []*triggers.Dispatcher
 	feeds   map[string][]*triggers.Dispatcher // the Triggers delivering to each pool
 	metrics *prometheus.Registry
+	board   *board.Board
+	client  *http.Client
+	tcoll   *triggers.Collector
 	ln      net.Listener
 	srv     *http.Server
 }
@@ -121,16 +125,21 @@ func New(ctx context.Context, opts Options, log *slog.Logger) (_ *Runner, err er
 		}
 		refs = append(refs, ref)
 	}
+	if r.ln, err = net.Listen("tcp", opts.Addr); err != nil {
+		return nil, fmt.Errorf("broker ingress: %w", err)
+	}
 	if err = r.buildPools(); err != nil {
 		return nil, err
 	}
 	if err = r.buildDispatchers(ctx); err != nil {
 		return nil, err
 	}
-	if r.ln, err = net.Listen("tcp", opts.Addr); err != nil {
-		return nil, fmt.Errorf("broker ingress: %w", err)
-	}
 	mux := http.NewServeMux()
+	if len(opts.Only) == 0 {
+		if err = r.buildBoard(ctx, mux); err != nil {
+			return nil, err
+		}
+	}
 	mux.HandleFunc("GET /health/readiness", func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusOK) })
 	mux.Handle("GET /metrics", promhttp.HandlerFor(r.metrics, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /status", r.serveStatus)
@@ -268,6 +277,9 @@ func (r *Runner) poolSpec(svc *servingv1.Service) (supervisor.Spec, error) {
 			env = append(env, e.Name+"="+e.Value)
 		}
 	}
+	// K_SINK, as Knative's SinkBinding sets it: where a function sends
+	// events that are not replies.
+	env = append(env, "K_SINK="+r.IngressURL()+"/"+r.sinkBroker(svc.Namespace))
 	env = append(env, r.opts.Env[svc.Name]...)
 	spec := supervisor.Spec{
 		Namespace:   svc.Namespace,
@@ -302,15 +314,15 @@ func binaryFor(binDir, image string) (string, error) {
 }
 
 func (r *Runner) buildDispatchers(ctx context.Context) error {
-	client := &http.Client{Transport: &http.Transport{
+	r.client = &http.Client{Transport: &http.Transport{
 		Proxy:               nil,
 		DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
 		MaxIdleConns:        1024,
 		MaxIdleConnsPerHost: 256,
 		IdleConnTimeout:     90 * time.Second,
 	}}
-	coll := &triggers.Collector{}
-	r.metrics.MustRegister(coll)
+	r.tcoll = &triggers.Collector{}
+	r.metrics.MustRegister(r.tcoll)
 	for _, t := range r.set.Triggers {
 		if ref := t.Spec.Subscriber.Ref; len(r.opts.Only) > 0 && (ref == nil || !r.runs(ref.Name)) {
 			continue
@@ -327,7 +339,7 @@ func (r *Runner) buildDispatchers(ctx context.Context) error {
 				return fmt.Errorf("Trigger %s/%s: deadLetterSink: %w", t.Namespace, t.Name, err)
 			}
 		}
-		d, err := triggers.New(ctx, r.js, r.store, client, triggers.Config{
+		d, err := triggers.New(ctx, r.js, r.store, r.client, triggers.Config{
 			Trigger:     t,
 			Broker:      broker.Ref{Namespace: b.Namespace, Name: b.Name},
 			Delivery:    delivery,
@@ -339,7 +351,7 @@ func (r *Runner) buildDispatchers(ctx context.Context) error {
 			return err
 		}
 		r.disps = append(r.disps, d)
-		coll.Add(d)
+		r.tcoll.Add(d)
 		if p, ok := sub.(*supervisor.Pool); ok {
 			key := t.Namespace + "/" + p.Name()
 			r.feeds[key] = append(r.feeds[key], d)
@@ -435,6 +447,9 @@ func (r *Runner) Run(ctx context.Context) error {
 				dispErr <- err
 			}
 		})
+	}
+	if r.board != nil {
+		go r.board.Run(dispCtx)
 	}
 	srvErr := make(chan error, 1)
 	go func() { srvErr <- r.srv.Serve(r.ln) }()

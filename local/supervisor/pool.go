@@ -569,3 +569,28 @@ func (p *Pool) Status() Status {
 	}
 	return s
 }
+
+// ErrNoInstance is returned by KillOne when no instance is ready.
+var ErrNoInstance = errors.New("no ready instance")
+
+// KillOne SIGKILLs the ready instance with the most requests in flight, as
+// a crash would, and returns its name. The Pool replaces it; its requests
+// fail and their events are redelivered.
+func (p *Pool) KillOne() (string, error) {
+	p.mu.Lock()
+	var victim *instance
+	for in := range p.insts {
+		if in.state == ready && (victim == nil || in.inflight > victim.inflight) {
+			victim = in
+		}
+	}
+	p.mu.Unlock()
+	if victim == nil {
+		return "", fmt.Errorf("service %s: %w", p.spec.Name, ErrNoInstance)
+	}
+	if err := victim.cmd.Process.Kill(); err != nil {
+		return "", fmt.Errorf("kill %s: %w", victim.name, err)
+	}
+	p.log.Warn("instance killed on request", "instance", victim.name, "pid", victim.cmd.Process.Pid)
+	return victim.name, nil
+}

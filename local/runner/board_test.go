@@ -1,0 +1,134 @@
+package runner_test
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/chromedp/chromedp"
+)
+
+// chromium finds a Chromium to drive: $CHROMIUM, else Debian's package.
+func chromium() string {
+	if p := os.Getenv("CHROMIUM"); p != "" {
+		return p
+	}
+	for _, name := range []string{"chromium", "chromium-browser", "google-chrome"} {
+		if p, err := exec.LookPath(name); err == nil {
+			return p
+		}
+	}
+	return ""
+}
+
+// TestBoardInChromium places orders through the web form by both paths in
+// a real headless Chromium and watches the board: each order reaches
+// notified, and the panel shows prepare-beverage going 0, then at least 1,
+// then 0 again.
+func TestBoardInChromium(t *testing.T) {
+	chrome := chromium()
+	if chrome == "" {
+		t.Skip("no Chromium on this machine: install Debian's chromium package (.ci/run does) or set CHROMIUM")
+	}
+	s := startShopWith(t, shopOptions{
+		configDir: scaledConfig(t, retention("1s")...),
+		env:       map[string][]string{"prepare-beverage": {"BREW_TIME=600ms"}},
+	})
+
+	alloc, cancelAlloc := chromedp.NewExecAllocator(context.Background(),
+		chromedp.ExecPath(chrome),
+		chromedp.Headless,
+		chromedp.NoSandbox,
+		chromedp.DisableGPU,
+		chromedp.NoFirstRun,
+		chromedp.NoDefaultBrowserCheck,
+		chromedp.UserDataDir(t.TempDir()),
+		chromedp.Flag("disable-background-networking", true),
+		chromedp.Flag("disable-component-update", true),
+		chromedp.Flag("disable-sync", true),
+		chromedp.Flag("disable-quic", true),
+		chromedp.WindowSize(1200, 900),
+	)
+	defer cancelAlloc()
+	ctx, cancel := chromedp.NewContext(alloc)
+	defer cancel()
+	ctx, cancelTimeout := context.WithTimeout(ctx, 120*time.Second)
+	defer cancelTimeout()
+
+	const probe = `(() => {
+		const stage = c => { const r = document.querySelector('tr[data-customer="' + c + '"]'); return r ? r.dataset.stage : ""; };
+		const p = document.querySelector('[data-service="prepare-beverage"]');
+		return [stage("ada"), stage("grace"), p ? p.dataset.instances : ""];
+	})()`
+	look := func() (ada, grace, instances string) {
+		v, err := chromedp.Run(ctx, chromedp.Evaluate[[]string](probe))
+		if err != nil {
+			t.Fatalf("read the board: %v", err)
+		}
+		return v[0], v[1], v[2]
+	}
+
+	if err := chromedp.Do(ctx,
+		chromedp.Navigate(s.BoardURL()),
+		chromedp.WaitVisible(`[data-service="prepare-beverage"]`),
+	); err != nil {
+		t.Fatalf("open the board at %s: %v", s.BoardURL(), err)
+	}
+	if _, _, n := look(); n != "0" {
+		t.Fatalf("prepare-beverage shows %q instances before any order, want 0", n)
+	}
+
+	order := func(customer, beverage, button, wantStatus string) {
+		t.Helper()
+		if err := chromedp.Do(ctx,
+			chromedp.SetValue(`#customer`, customer),
+			chromedp.SetValue(`#beverage`, beverage),
+			chromedp.Click(button),
+			chromedp.WaitVisible(`#last-result[data-status="`+wantStatus+`"]`),
+			chromedp.Evaluate[chromedp.Void](`document.getElementById("last-result").removeAttribute("data-status")`),
+		); err != nil {
+			t.Fatalf("order for %s via %s: %v", customer, button, err)
+		}
+	}
+	order("ada", "latte", `#via-broker`, "202")
+	order("grace", "mocha", `#via-direct`, "200")
+
+	sawBarista := false
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		ada, grace, n := look()
+		if n != "" && n != "0" {
+			sawBarista = true
+		}
+		if ada == "notified" && grace == "notified" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the board shows ada %q and grace %q, want both notified", ada, grace)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	shot, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.ArtifactDir(), "board.png")
+	if err := os.WriteFile(path, shot, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("screenshot: %s", path)
+	if !sawBarista {
+		t.Error("the panel never showed a prepare-beverage instance while orders were brewing")
+	}
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		if _, _, n := look(); n == "0" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the panel did not show prepare-beverage back at 0 instances")
+		}
+	}
+}
