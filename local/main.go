@@ -33,6 +33,12 @@ func run() int {
 		maxBody   = flag.Int64("max-body-bytes", 1<<20, "largest event the ingress accepts (413 above)")
 		only      = flag.String("only", "", "comma-separated Services to run (with the Triggers that deliver to them); another runner on the same NATS runs the rest")
 		name      = flag.String("name", "", "a tag in this runner's instance names, to tell runners apart")
+		token     = flag.String("token", os.Getenv("KOFFEESHOP_INGRESS_TOKEN"), "bearer token the ingress requires (default $KOFFEESHOP_INGRESS_TOKEN; empty: none)")
+		creds     = flag.String("nats-creds", "", "NATS credentials file for -nats-url")
+		natsCA    = flag.String("nats-ca", "", "CA certificate to verify the NATS server's TLS certificate")
+		natsCert  = flag.String("nats-cert", "", "client certificate for mutual TLS to NATS")
+		natsKey   = flag.String("nats-key", "", "client key for mutual TLS to NATS")
+		replicas  = flag.Int("replicas", 1, "JetStream replicas of the broker streams (3 on a three-node cluster)")
 		verbose   = flag.Bool("v", false, "debug logging")
 	)
 	flag.Parse()
@@ -65,6 +71,12 @@ func run() int {
 		MaxBodyBytes: *maxBody,
 		Only:         splitList(*only),
 		Name:         *name,
+		IngressToken: *token,
+		NATSCreds:    *creds,
+		NATSCA:       *natsCA,
+		NATSCert:     *natsCert,
+		NATSKey:      *natsKey,
+		Replicas:     *replicas,
 	}, log)
 	if err != nil {
 		log.Error("cannot start", "err", err)
@@ -74,8 +86,11 @@ func run() int {
 	if len(*only) == 0 {
 		fmt.Fprintf(os.Stderr, "\nThe coffee-shop board: %s\n", r.BoardURL())
 	}
-	broker := r.Brokers()[0]
-	fmt.Fprintf(os.Stderr, "\nPlace an order:\n\n  curl -i -X POST %s/%s \\\n    -H 'ce-specversion: 1.0' -H 'ce-type: com.koffeeshop.order.placed' \\\n    -H 'ce-source: /curl' -H \"ce-id: $(date +%%s%%N)\" -H 'content-type: application/json' \\\n    -d '{\"customer\":\"ada\",\"beverage\":\"latte\"}'\n\nCtrl-C stops everything.\n\n", r.IngressURL(), broker)
+	auth := ""
+	if *token != "" {
+		auth = ` -H "Authorization: Bearer $KOFFEESHOP_INGRESS_TOKEN"`
+	}
+	fmt.Fprintf(os.Stderr, "\nPlace an order:\n\n  curl -i -X POST %s/%s%s \\\n    -H 'ce-specversion: 1.0' -H 'ce-type: com.koffeeshop.order.placed' \\\n    -H 'ce-source: /curl' -H \"ce-id: $(date +%%s%%N)\" -H 'content-type: application/json' \\\n    -d '{\"customer\":\"ada\",\"beverage\":\"latte\"}'\n\nCtrl-C stops everything.\n\n", r.IngressURL(), r.Brokers()[0], auth)
 	if err := r.Run(ctx); err != nil {
 		log.Error("stopped with an error", "err", err)
 		return 1

@@ -124,6 +124,8 @@ type shopOptions struct {
 	only      []string
 	name      string
 	collector *collector // share another shop's observer
+	token     string     // the ingress bearer token
+	replicas  int
 }
 
 // startShop runs the coffee shop from config/ plus a test Trigger that sends
@@ -165,16 +167,18 @@ spec:
 		col = o.collector
 	}
 	r, err := runner.New(ctx, runner.Options{
-		ConfigDirs: dirs,
-		BinDir:     binDir,
-		Addr:       "127.0.0.1:0",
-		DataDir:    t.TempDir(),
-		NATSPort:   -1,
-		NATSURL:    o.natsURL,
-		Only:       o.only,
-		Name:       o.name,
-		Env:        env,
-		Output:     testWriter{t},
+		ConfigDirs:   dirs,
+		BinDir:       binDir,
+		Addr:         "127.0.0.1:0",
+		DataDir:      t.TempDir(),
+		NATSPort:     -1,
+		NATSURL:      o.natsURL,
+		Only:         o.only,
+		Name:         o.name,
+		IngressToken: o.token,
+		Replicas:     o.replicas,
+		Env:          env,
+		Output:       testWriter{t},
 	}, log)
 	if err != nil {
 		cancel()
@@ -469,4 +473,28 @@ func TestDuplicateSourceAndIDIsStoredOnce(t *testing.T) {
 		t.Errorf("stored events %v", stored)
 	}
 	_ = json.Valid
+}
+
+func TestIngressTokenIsRequiredWhenSet(t *testing.T) {
+	s := startShopWith(t, shopOptions{token: "s3cret"})
+	url := s.IngressURL() + "/default/default"
+	if resp := postBinary(t, url, "tok-1", "/t", "com.koffeeshop.order.placed", `{"customer":"ada","beverage":"latte"}`); resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("without the token: %d, want 401", resp.StatusCode)
+	}
+	req, _ := http.NewRequest(http.MethodPost, url, strings.NewReader(`{"customer":"ada","beverage":"latte"}`))
+	for k, v := range map[string]string{"ce-specversion": "1.0", "ce-id": "tok-2", "ce-source": "/t", "ce-type": "com.koffeeshop.order.placed", "content-type": "application/json", "Authorization": "Bearer s3cret"} {
+		req.Header.Set(k, v)
+	}
+	if resp := do(t, req); resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("with the token: %d, want 202", resp.StatusCode)
+	}
+	s.collector.waitFor(t, "com.koffeeshop.customer.notified", 1, 30*time.Second)
+	if n := streamMsgs(t, s); n == 0 {
+		t.Fatal("nothing stored")
+	}
+	for _, e := range s.collector.ofType("com.koffeeshop.order.placed") {
+		if e.ID() == "tok-1" {
+			t.Fatal("the unauthenticated order was stored")
+		}
+	}
 }

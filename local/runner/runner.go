@@ -71,6 +71,17 @@ type Options struct {
 	Name string
 	// ScaleTick overrides how often the autoscalers sample demand.
 	ScaleTick time.Duration
+	// IngressToken, when set, is the bearer token the Broker ingress
+	// requires (401 without it).
+	IngressToken string
+	// NATSCreds is a NATS credentials file (JWT and NKey seed).
+	NATSCreds string
+	// NATSCA, NATSCert and NATSKey configure TLS to NATS: a CA to trust,
+	// and a client certificate for mutual TLS.
+	NATSCA, NATSCert, NATSKey string
+	// Replicas is the JetStream replication of the Brokers' streams (3 on
+	// a three-node cluster).
+	Replicas int
 }
 
 // Runner is the assembled system.
@@ -120,7 +131,7 @@ func New(ctx context.Context, opts Options, log *slog.Logger) (_ *Runner, err er
 	var refs []broker.Ref
 	for _, b := range r.set.Brokers {
 		ref := broker.Ref{Namespace: b.Namespace, Name: b.Name}
-		if _, err = broker.EnsureStream(ctx, r.js, ref, broker.StreamOptions{}); err != nil {
+		if _, err = broker.EnsureStream(ctx, r.js, ref, broker.StreamOptions{Replicas: opts.Replicas}); err != nil {
 			return nil, err
 		}
 		refs = append(refs, ref)
@@ -143,7 +154,11 @@ func New(ctx context.Context, opts Options, log *slog.Logger) (_ *Runner, err er
 	mux.HandleFunc("GET /health/readiness", func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusOK) })
 	mux.Handle("GET /metrics", promhttp.HandlerFor(r.metrics, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /status", r.serveStatus)
-	mux.Handle("/", broker.NewIngress(r.store, refs, log.With("component", "ingress"), broker.IngressOptions{MaxBodyBytes: opts.MaxBodyBytes}))
+	var ingress http.Handler = broker.NewIngress(r.store, refs, log.With("component", "ingress"), broker.IngressOptions{MaxBodyBytes: opts.MaxBodyBytes})
+	if opts.IngressToken != "" {
+		ingress = broker.RequireBearer(opts.IngressToken, ingress)
+	}
+	mux.Handle("/", ingress)
 	r.srv = &http.Server{
 		Handler:           mux,
 		ReadHeaderTimeout: 10 * time.Second,
@@ -184,10 +199,10 @@ func (r *Runner) connect() error {
 		url = srv.ClientURL()
 		r.log.Info("embedded NATS JetStream started", "url", url, "store", dir)
 	}
-	nc, err := nats.Connect(url,
+	connOpts := []nats.Option{
 		nats.Name("koffeeshop-local"),
 		nats.MaxReconnects(-1),
-		nats.ReconnectWait(250*time.Millisecond),
+		nats.ReconnectWait(250 * time.Millisecond),
 		// While disconnected, fail a publish at once (the ingress answers
 		// 503) instead of buffering it in memory.
 		nats.ReconnectBufSize(-1),
@@ -199,7 +214,17 @@ func (r *Runner) connect() error {
 		nats.ReconnectHandler(func(c *nats.Conn) {
 			r.log.Info("reconnected to NATS", "url", c.ConnectedUrl())
 		}),
-	)
+	}
+	if r.opts.NATSCreds != "" {
+		connOpts = append(connOpts, nats.UserCredentials(r.opts.NATSCreds))
+	}
+	if r.opts.NATSCA != "" {
+		connOpts = append(connOpts, nats.RootCAs(r.opts.NATSCA))
+	}
+	if r.opts.NATSCert != "" || r.opts.NATSKey != "" {
+		connOpts = append(connOpts, nats.ClientCert(r.opts.NATSCert, r.opts.NATSKey))
+	}
+	nc, err := nats.Connect(url, connOpts...)
 	if err != nil {
 		return fmt.Errorf("connect to NATS at %s: %w", url, err)
 	}
