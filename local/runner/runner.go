@@ -39,8 +39,15 @@ import (
 	"github.com/koffeeshop/koffeeshop/triggers"
 )
 
-// ConcurrencyAnnotation on a Trigger sets how many events it delivers at once.
-const ConcurrencyAnnotation = "koffeeshop.dev/delivery-concurrency"
+// Annotations on a Trigger that tune its dispatcher.
+const (
+	// ConcurrencyAnnotation sets how many events it delivers at once.
+	ConcurrencyAnnotation = "koffeeshop.dev/delivery-concurrency"
+	// AckWaitAnnotation sets how long JetStream waits, without an ack or
+	// an in-progress signal, before it redelivers an event (a Go
+	// duration): how soon events in the hands of a crashed runner come back.
+	AckWaitAnnotation = "koffeeshop.dev/ack-wait"
+)
 
 // Options configure a Runner.
 type Options struct {
@@ -371,6 +378,7 @@ func (r *Runner) buildDispatchers(ctx context.Context) error {
 			Subscriber:  sub,
 			DeadLetter:  dls,
 			Concurrency: r.concurrency(t),
+			AckWait:     r.ackWait(t),
 		}, r.log.With("component", "dispatcher"))
 		if err != nil {
 			return err
@@ -433,6 +441,20 @@ func (r *Runner) concurrency(t *eventingv1.Trigger) int {
 		}
 	}
 	return min(cc*maxScale, 1000)
+}
+
+// ackWait reads AckWaitAnnotation; 0 leaves the dispatcher's default.
+func (r *Runner) ackWait(t *eventingv1.Trigger) time.Duration {
+	v, ok := t.Annotations[AckWaitAnnotation]
+	if !ok {
+		return 0
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil || d <= 0 {
+		r.log.Warn("ignoring invalid annotation", "trigger", t.Name, "annotation", AckWaitAnnotation, "value", v)
+		return 0
+	}
+	return d
 }
 
 // IngressURL is the base URL of the Broker ingress.
