@@ -44,3 +44,51 @@ bench:
 
 clean:
 	rm -rf $(BIN) .koffeeshop
+
+# ---- Knative: images and deploy (docs/deploy.md) ----
+
+.PHONY: ko images deploy deploy-dry-run
+
+KO_VERSION     ?= v0.19.1
+KO             := $(BIN)/ko
+KOCACHE        ?= $(abspath $(BIN)/kocache)
+KO_DOCKER_REPO ?= kind.local
+KO_PLATFORM    ?= linux/$(shell $(GO) env GOARCH)
+IMAGES         ?= $(BIN)/images
+# Where offline builds name their images: kind.local and ko.local would make
+# ko load into kind or a Docker engine, so those fall back to dev.local.
+DRY_RUN_REPO   ?= $(if $(filter kind.local% ko.local%,$(KO_DOCKER_REPO)),dev.local/koffeeshop,$(KO_DOCKER_REPO))
+
+# ko with the koffeeshop base image (config/kobase), served from $(KOCACHE):
+# no registry is contacted for it.
+KO_RUN = base=$$($(GO) run ./config/kobase -kocache $(KOCACHE)) && \
+	KOCACHE=$(KOCACHE) KO_DEFAULTBASEIMAGE=$$base
+
+## ko: install ko $(KO_VERSION) into $(BIN)/ with go install, unless it is there
+ko:
+	@if [ "$$($(KO) version 2>/dev/null)" != "$(KO_VERSION)" ]; then \
+		echo "go install github.com/google/ko@$(KO_VERSION) into $(BIN)/" >&2; \
+		GOBIN=$(abspath $(BIN)) $(GO) install github.com/google/ko@$(KO_VERSION); \
+	fi
+
+## images: build the function images offline into the OCI layout $(IMAGES)/
+## (ko names the layout like a repository: keep the path lower case)
+images: ko
+	@rm -rf $(IMAGES)
+	@$(KO_RUN) KO_DOCKER_REPO=$(DRY_RUN_REPO) $(KO) build --push=false \
+		--platform=$(KO_PLATFORM) --oci-layout-path $(IMAGES) $(addprefix ./functions/,$(FUNCS))
+
+## deploy-dry-run: print config/ as `make deploy` applies it, images resolved
+## to digests; needs no cluster and pushes nothing
+deploy-dry-run: ko
+	@$(KO_RUN) KO_DOCKER_REPO=$(DRY_RUN_REPO) $(KO) resolve --push=false \
+		--platform=$(KO_PLATFORM) -f config/
+
+## deploy: build the images, publish them to $(KO_DOCKER_REPO) and apply
+## config/ to the current kube context
+deploy: ko
+	@ctx=$$(kubectl config current-context) || { \
+		echo "deploy: no current kube context; see docs/deploy.md" >&2; exit 1; }; \
+		echo "deploying config/ to kube context $$ctx, images to $(KO_DOCKER_REPO)" >&2
+	@$(KO_RUN) KO_DOCKER_REPO=$(KO_DOCKER_REPO) $(KO) apply \
+		--platform=$(KO_PLATFORM) -f config/
