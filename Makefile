@@ -5,6 +5,8 @@ DATA    ?= .koffeeshop/data
 FUNCS   := take-order prepare-beverage notify
 
 FUZZTIME ?= 10s
+# Test artifacts (the board's screenshot) land under $(ARTIFACTS)/_artifacts.
+ARTIFACTS ?= $(CURDIR)/.artifacts
 
 .PHONY: all build run test vet fmt-check fuzz bench clean
 
@@ -22,7 +24,8 @@ run: build
 ## test: formatting, every test with the race detector and all vet checks,
 ## then each fuzz target for $(FUZZTIME)
 test: fmt-check
-	$(GO) test -race -vet=all -count=1 -timeout 20m ./...
+	@mkdir -p $(ARTIFACTS)
+	$(GO) test -race -vet=all -count=1 -timeout 20m -artifacts -outputdir $(ARTIFACTS) ./...
 	$(MAKE) --no-print-directory fuzz
 
 ## fuzz: run each fuzz target for a bounded time
@@ -41,9 +44,10 @@ fmt-check:
 ## bench: Go benchmarks, each against a baseline measured in the same run
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime 2000x -count 3 ./broker/...
+	$(GO) test -run '^$$' -bench . -benchtime 1x ./local/runner
 
 clean:
-	rm -rf $(BIN) .koffeeshop
+	rm -rf $(BIN) .koffeeshop $(ARTIFACTS)
 
 # ---- Knative: images and deploy (docs/deploy.md) ----
 
