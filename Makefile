@@ -1,3 +1,4 @@
+SHELL := /bin/bash
 GO      ?= go
 BIN     ?= bin
 ADDR    ?= 127.0.0.1:8080
@@ -8,7 +9,7 @@ FUZZTIME ?= 10s
 # Test artifacts (the board's screenshot) land under $(ARTIFACTS)/_artifacts.
 ARTIFACTS ?= $(CURDIR)/.artifacts
 
-.PHONY: all build run test vet fmt-check fuzz bench clean
+.PHONY: all build run test test-faults vet fmt-check fuzz bench clean
 
 all: build
 
@@ -27,6 +28,14 @@ test: fmt-check
 	@mkdir -p $(ARTIFACTS)
 	$(GO) test -race -vet=all -count=1 -timeout 20m -artifacts -outputdir $(ARTIFACTS) ./...
 	$(MAKE) --no-print-directory fuzz
+	$(MAKE) --no-print-directory test-faults
+
+## test-faults: the fault tests (kill -9 of the runner, nats-server restart,
+## losing a node of a three-node JetStream cluster, misbehaving subscribers,
+## a bounded soak), each printing a RESULT line of what was lost (0)
+test-faults:
+	$(GO) test -race -tags faults -count=1 -v -timeout 30m -run 'Fault|Cluster|Soak' ./local/runner 2>&1 | \
+		grep -E '^(=== RUN|--- |PASS|FAIL|ok )|RESULT|faults?_test|cluster_test|soak_test' ; exit $${PIPESTATUS[0]}
 
 ## fuzz: run each fuzz target for a bounded time
 fuzz:
@@ -45,6 +54,7 @@ fmt-check:
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime 2000x -count 3 ./broker/...
 	$(GO) test -run '^$$' -bench . -benchtime 1x ./local/runner
+	$(GO) run ./local/bench -out bench/results.json
 
 clean:
 	rm -rf $(BIN) .koffeeshop $(ARTIFACTS)

@@ -84,7 +84,7 @@ func (in *Ingress) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 func (in *Ingress) accept(ctx context.Context, ref Ref, r *http.Request) (int, error) {
-	if ct, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); ct == "application/cloudevents-batch+json" {
+	if isBatch(r.Header.Get("Content-Type")) {
 		return http.StatusBadRequest, errors.New("batched CloudEvents (application/cloudevents-batch+json) are not supported: send one event per request")
 	}
 	body, err := io.ReadAll(http.MaxBytesReader(nil, r.Body, in.maxBody))
@@ -118,11 +118,27 @@ func (in *Ingress) accept(ctx context.Context, ref Ref, r *http.Request) (int, e
 
 // parsePath splits /<namespace>/<broker> (a trailing slash is allowed).
 func parsePath(p string) (Ref, bool) {
-	parts := strings.Split(strings.Trim(p, "/"), "/")
-	if len(parts) != 2 || parts[0] == "" || parts[1] == "" {
+	ns, name, ok := strings.Cut(strings.Trim(p, "/"), "/")
+	if !ok || ns == "" || name == "" || strings.Contains(name, "/") {
 		return Ref{}, false
 	}
-	return Ref{Namespace: parts[0], Name: parts[1]}, true
+	return Ref{Namespace: ns, Name: name}, true
+}
+
+// batchMediaType is the structured batch mode of the CloudEvents HTTP
+// binding, which the ingress refuses.
+const batchMediaType = "application/cloudevents-batch+json"
+
+// isBatch reports whether a Content-Type names the batch mode, as
+// mime.ParseMediaType reads it; the common media types skip the parse.
+func isBatch(contentType string) bool {
+	mt, _, _ := strings.Cut(contentType, ";")
+	if mt = strings.TrimSpace(mt); mt == "" || strings.EqualFold(mt, "application/json") ||
+		strings.EqualFold(mt, "application/cloudevents+json") {
+		return false
+	}
+	parsed, _, _ := mime.ParseMediaType(contentType)
+	return parsed == batchMediaType
 }
 
 func httpError(w http.ResponseWriter, status int, format string, args ...any) {

@@ -7,9 +7,9 @@ import (
 	"time"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
+	"github.com/cloudevents/sdk-go/v2/types"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"go.uber.org/zap"
 	kbroker "knative.dev/eventing/pkg/broker"
 )
 
@@ -40,58 +40,110 @@ const DefaultPublishTimeout = 5 * time.Second
 
 // Store publishes events to the JetStream streams of the Brokers.
 type Store struct {
-	js         jetstream.JetStream
-	log        *slog.Logger
-	timeout    time.Duration
-	defaultTTL func(context.Context, cloudevents.Event) cloudevents.Event
-	now        func() time.Time
+	js      jetstream.JetStream
+	log     *slog.Logger
+	timeout time.Duration
+	// timed is set when js itself fails a publish whose acknowledgement
+	// takes longer than timeout (and forgets it).
+	timed bool
+	now   func() time.Time
 }
 
-// NewStore returns a Store that publishes through js and waits at most
-// timeout (DefaultPublishTimeout when 0) for each acknowledgement.
+// maxPendingPublishes bounds the publishes awaiting their acknowledgement;
+// past it a publish waits briefly, then fails (the ingress answers 503).
+const maxPendingPublishes = 1 << 16
+
+// NewStore returns a Store that publishes through js's connection and
+// waits at most timeout (DefaultPublishTimeout when 0) for each
+// acknowledgement.
 func NewStore(js jetstream.JetStream, log *slog.Logger, timeout time.Duration) *Store {
 	if timeout <= 0 {
 		timeout = DefaultPublishTimeout
 	}
-	return &Store{
-		js:         js,
-		log:        log,
-		timeout:    timeout,
-		defaultTTL: kbroker.TTLDefaulter(zap.NewNop(), DefaultTTL),
-		now:        time.Now,
+	s := &Store{js: js, log: log, timeout: timeout, now: time.Now}
+	// A JetStream context of its own, on the same connection, whose
+	// asynchronous publishes time out.
+	if nc := js.Conn(); nc != nil {
+		if pub, err := jetstream.New(nc, jetstream.WithPublishAsyncTimeout(timeout),
+			jetstream.WithPublishAsyncMaxPending(maxPendingPublishes)); err == nil {
+			s.js, s.timed = pub, true
+		}
 	}
+	return s
 }
 
 // Publish stamps knativearrivaltime, applies the knativebrokerttl loop guard
 // (set to 255 when absent, else decremented; an event at 0 is dropped), and
 // stores the event. It returns only once JetStream has acknowledged the
-// write, so a nil error means the event is on disk.
+// write, so a nil error means the event is on disk. Like Knative's
+// defaulter, it writes the new TTL and arrival time into e's context.
+//
+// The publish is asynchronous: the connection carries the publishes of
+// every caller back to back and the acknowledgements come back on one
+// subscription, instead of a request and a reply inbox per event; each
+// caller still waits for its own acknowledgement.
 func (s *Store) Publish(ctx context.Context, r Ref, e *cloudevents.Event) (Result, error) {
-	ev := s.defaultTTL(ctx, *e)
-	ttl, err := kbroker.GetTTL(ev.Context)
+	_ = kbroker.SetTTL(e.Context, nextTTL(e.Context))
+	ttl, err := kbroker.GetTTL(e.Context)
 	if err != nil || ttl <= 0 {
 		s.log.Warn("dropping event: knativebrokerttl exhausted",
-			"broker", r.String(), "id", ev.ID(), "source", ev.Source(), "type", ev.Type())
+			"broker", r.String(), "id", e.ID(), "source", e.Source(), "type", e.Type())
 		return Result{DroppedTTL: true}, nil
 	}
-	ev.SetExtension(kbroker.EventArrivalTime, cloudevents.Timestamp{Time: s.now().UTC()})
+	e.SetExtension(kbroker.EventArrivalTime, cloudevents.Timestamp{Time: s.now().UTC()})
 
-	body, err := ev.MarshalJSON()
+	body, err := e.MarshalJSON()
 	if err != nil {
-		return Result{}, fmt.Errorf("encode event %s: %w", ev.ID(), err)
+		return Result{}, fmt.Errorf("encode event %s: %w", e.ID(), err)
 	}
-	msg := &nats.Msg{Subject: r.TypeSubject(ev.Type()), Data: body, Header: nats.Header{}}
-	msg.Header.Set("Content-Type", cloudevents.ApplicationCloudEventsJSON)
-	msg.Header.Set("Ce-Type", ev.Type())
-	ctx, cancel := context.WithTimeout(ctx, s.timeout)
-	defer cancel()
-	ack, err := s.js.PublishMsg(ctx, msg,
-		jetstream.WithMsgID(MsgID(ev.Source(), ev.ID())),
-		jetstream.WithExpectStream(r.StreamName()))
+	typ := e.Type()
+	// The headers jetstream.WithMsgID and WithExpectStream would set,
+	// written directly: the publish then takes the client's fast path.
+	msg := &nats.Msg{Subject: r.TypeSubject(typ), Data: body, Header: nats.Header{
+		"Content-Type":                 contentTypeJSON,
+		"Ce-Type":                      {typ},
+		jetstream.MsgIDHeader:          {MsgID(e.Source(), e.ID())},
+		jetstream.ExpectedStreamHeader: {r.StreamName()},
+	}}
+	paf, err := s.js.PublishMsgAsync(msg)
 	if err != nil {
-		return Result{}, fmt.Errorf("store event %s in %s: %w", ev.ID(), r.StreamName(), err)
+		return Result{}, fmt.Errorf("store event %s in %s: %w", e.ID(), r.StreamName(), err)
 	}
-	return Result{Stored: true, Duplicate: ack.Duplicate, Sequence: ack.Sequence}, nil
+	var expired <-chan time.Time
+	if !s.timed {
+		t := time.NewTimer(s.timeout)
+		defer t.Stop()
+		expired = t.C
+	}
+	select {
+	case ack := <-paf.Ok():
+		return Result{Stored: true, Duplicate: ack.Duplicate, Sequence: ack.Sequence}, nil
+	case err = <-paf.Err():
+	case <-expired:
+		err = jetstream.ErrAsyncPublishTimeout
+	case <-ctx.Done():
+		err = ctx.Err()
+	}
+	return Result{}, fmt.Errorf("store event %s in %s: %w", e.ID(), r.StreamName(), err)
+}
+
+// contentTypeJSON is the Content-Type header of every stored event; the
+// client only reads it.
+var contentTypeJSON = []string{cloudevents.ApplicationCloudEventsJSON}
+
+// nextTTL is the knativebrokerttl an event gets on its way into a Broker,
+// by the rules of Knative's TTLDefaulter: DefaultTTL when it has none or
+// one that is not an integer, else one less, never below 0.
+func nextTTL(ec cloudevents.EventContext) int32 {
+	raw, err := ec.GetExtension(kbroker.TTLAttribute)
+	if err != nil {
+		return DefaultTTL
+	}
+	ttl, err := types.ToInteger(raw)
+	if err != nil {
+		return DefaultTTL
+	}
+	return max(ttl-1, 0)
 }
 
 // Decode reads an event stored by Publish.

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/url"
 	"runtime/debug"
+	"sync"
 	"time"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
@@ -141,9 +142,7 @@ func errorTransformers(out outcome) binding.Transformers {
 
 // attempt sends ev once to ep and classifies the response.
 func (d *Dispatcher) attempt(ctx context.Context, ep Endpoint, ev *cloudevents.Event, tr binding.Transformers) outcome {
-	actx, cancel := context.WithTimeout(ctx, d.cfg.AcquireTimeout)
-	dest, release, err := ep.Acquire(actx)
-	cancel()
+	dest, release, err := d.acquire(ctx, ep)
 	if err != nil {
 		return failure(nil, http.StatusServiceUnavailable, nil, nil, fmt.Errorf("no instance of the subscriber became ready: %w", err))
 	}
@@ -187,6 +186,17 @@ func (d *Dispatcher) attempt(ctx context.Context, ep Endpoint, ev *cloudevents.E
 	return outcome{dest: dest, code: resp.StatusCode, resp: resp, body: body, reply: reply}
 }
 
+// acquire gets an instance of ep, waiting at most AcquireTimeout. A fixed
+// URL is at hand at once and needs no deadline.
+func (d *Dispatcher) acquire(ctx context.Context, ep Endpoint) (*url.URL, func(), error) {
+	if u, ok := ep.(URL); ok {
+		return u.U, func() {}, nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, d.cfg.AcquireTimeout)
+	defer cancel()
+	return ep.Acquire(ctx)
+}
+
 // failure is a failed attempt with the status it counts as; a transport
 // error (no response at all) counts as 500, as Knative reports it.
 func failure(dest *url.URL, code int, resp *http.Response, body []byte, err error) outcome {
@@ -221,21 +231,30 @@ func parseReply(ctx context.Context, h http.Header, body []byte) (*cloudevents.E
 
 // keepAlive tells JetStream the message is still being worked on, three
 // times per AckWait, so a slow subscriber does not make it redeliver the
-// event to someone else.
-func keepAlive(msg jetstream.Msg, ackWait time.Duration) func() {
+// event to someone else. It runs on a timer, not a goroutine of its own;
+// once the returned stop returns, no further signal is sent.
+func keepAlive(msg jetstream.Msg, ackWait time.Duration) (stop func()) {
 	every := max(10*time.Millisecond, ackWait/3)
-	t := time.NewTicker(every)
-	done := make(chan struct{})
-	go func() {
-		defer t.Stop()
-		for {
-			select {
-			case <-t.C:
-				_ = msg.InProgress()
-			case <-done:
-				return
-			}
+	var (
+		mu      sync.Mutex
+		stopped bool
+		t       *time.Timer
+	)
+	mu.Lock()
+	defer mu.Unlock()
+	t = time.AfterFunc(every, func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if stopped {
+			return
 		}
-	}()
-	return func() { close(done) }
+		_ = msg.InProgress()
+		t.Reset(every)
+	})
+	return func() {
+		mu.Lock()
+		stopped = true
+		t.Stop()
+		mu.Unlock()
+	}
 }

@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
-	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -144,7 +143,11 @@ func (d *Dispatcher) Consumer() jetstream.Consumer { return d.cons }
 // deliveries finish (up to DrainTimeout) and hands buffered events back to
 // JetStream for redelivery.
 func (d *Dispatcher) Run(ctx context.Context) error {
-	it, err := d.cons.Messages(jetstream.PullMaxMessages(d.cfg.Concurrency))
+	// A short pull expiry and heartbeat: when the consumer's leader moves
+	// (a cluster node died) and our connection survives, a lost pull is
+	// noticed in seconds, not after the default 30 s.
+	it, err := d.cons.Messages(jetstream.PullMaxMessages(d.cfg.Concurrency),
+		jetstream.PullExpiry(10*time.Second), jetstream.PullHeartbeat(2*time.Second))
 	if err != nil {
 		return fmt.Errorf("trigger %s: consume: %w", d.name, err)
 	}
@@ -163,20 +166,22 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 		}
 	}()
 
-	sem := make(chan struct{}, d.cfg.Concurrency)
-	var wg sync.WaitGroup
+	pool := newWorkers(d.cfg.Concurrency, workerIdle, func(msg jetstream.Msg) { d.handle(work, msg) })
 	defer func() {
-		wg.Wait()
+		pool.wait()
 		close(stopped)
 	}()
 	for {
 		msg, err := it.Next()
 		if err != nil {
-			if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
-				return nil
-			}
 			if ctx.Err() != nil {
 				return nil
+			}
+			if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+				// The iterator ended without being asked to (its consumer
+				// was deleted, the connection closed): say so instead of
+				// leaving the Trigger silently undelivered.
+				return fmt.Errorf("trigger %s: consumer stopped: %w", d.name, err)
 			}
 			d.log.Warn("pull failed", "err", err)
 			continue
@@ -186,12 +191,7 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 			_ = msg.Nak()
 			continue
 		}
-		sem <- struct{}{}
-		wg.Add(1)
-		go func() {
-			defer func() { <-sem; wg.Done() }()
-			d.handle(work, msg)
-		}()
+		pool.submit(msg)
 	}
 }
 

@@ -7,18 +7,12 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
-	"strconv"
-	"strings"
 	"sync"
 	"testing"
 	"time"
-)
 
-func median(ds []time.Duration) time.Duration {
-	s := slices.Clone(ds)
-	slices.Sort(s)
-	return s[len(s)/2]
-}
+	"github.com/koffeeshop/koffeeshop/local/loadgen"
+)
 
 // BenchmarkColdStart measures, as medians over repeated rounds, the time
 // from the 202 of an order to take-order's reply (order.accepted) reaching
@@ -35,9 +29,9 @@ func BenchmarkColdStart(b *testing.B) {
 			ready = append(ready, fnStatus(s, "take-order").LastColdStart)
 			warm = append(warm, orderToAccepted(b, s, fmt.Sprintf("warm-%d", i)))
 		}
-		mc, mw := median(cold), median(warm)
+		mc, mw := loadgen.Median(cold), loadgen.Median(warm)
 		b.ReportMetric(float64(mc.Microseconds())/1000, "ms/cold-start")
-		b.ReportMetric(float64(median(ready).Microseconds())/1000, "ms/activation-to-ready")
+		b.ReportMetric(float64(loadgen.Median(ready).Microseconds())/1000, "ms/activation-to-ready")
 		b.ReportMetric(float64(mw.Microseconds())/1000, "ms/warm-baseline")
 		b.ReportMetric(float64(mc)/float64(mw), "cold/warm")
 		b.ReportMetric(float64(2*time.Second)/float64(mc), "x-faster-than-knative-2s")
@@ -96,7 +90,7 @@ func BenchmarkBurst(b *testing.B) {
 			s.stop()
 			fmt.Printf("burst run %d: 1000 orders accepted in %s, all notified after %s\n", r+1, accepted.Round(time.Millisecond), took[r].Round(time.Millisecond))
 		}
-		m := median(took)
+		m := loadgen.Median(took)
 		b.ReportMetric(float64(m.Milliseconds()), "ms/1000-orders")
 		b.ReportMetric(float64(orders)/m.Seconds(), "orders/s")
 		fmt.Printf("burst of %d orders from zero, 0 s brew: median %s over %d runs (%.0f orders/s)\n", orders, m.Round(time.Millisecond), runs, float64(orders)/m.Seconds())
@@ -119,7 +113,7 @@ func BenchmarkIdleMemory(b *testing.B) {
 				b.Fatal(err)
 			}
 			time.Sleep(3 * time.Second)
-			kb, err := vmRSS(cmd.Process.Pid)
+			kb, err := loadgen.ResidentKiB(cmd.Process.Pid)
 			_ = cmd.Process.Signal(os.Interrupt)
 			_ = cmd.Wait()
 			if err != nil {
@@ -131,17 +125,4 @@ func BenchmarkIdleMemory(b *testing.B) {
 		b.ReportMetric(float64(rss[1])/1024, "MiB-idle-rss")
 		fmt.Printf("idle runner (embedded NATS, every function at zero): median RSS %.1f MiB over 3 starts\n", float64(rss[1])/1024)
 	}
-}
-
-func vmRSS(pid int) (int, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0, err
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmRSS:" {
-			return strconv.Atoi(f[1])
-		}
-	}
-	return 0, fmt.Errorf("no VmRSS for pid %d", pid)
 }

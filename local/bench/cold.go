@@ -1,0 +1,92 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/koffeeshop/koffeeshop/local/loadgen"
+	"github.com/koffeeshop/koffeeshop/local/supervisor"
+)
+
+const minScaleZero = `autoscaling.knative.dev/min-scale: "0"`
+
+// coldStart measures item 4's cold start: the time from placing an order
+// to take-order's order.accepted reaching the Broker when take-order is at
+// zero instances, against the same path warm, as the runner's benchmark
+// BenchmarkColdStart measures it; and the runner's own activation-to-ready
+// time of the instance (its status LastColdStart).
+func (b *bench) coldStart(ctx context.Context) ([]Metric, error) {
+	cfg, err := copyConfig(b.opts.configDir, b.tmp, minScaleZero,
+		minScaleZero+"\n        autoscaling.knative.dev/scale-to-zero-pod-retention-period: \"1s\"")
+	if err != nil {
+		return nil, err
+	}
+	s, err := b.startShop(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	defer s.stop()
+	w, err := watch(s.NATSURL(), orderAccepted)
+	if err != nil {
+		return nil, err
+	}
+	defer w.close()
+	url := s.IngressURL() + "/default/default"
+	client := newClient(1)
+	accepted := func(customer string) (float64, error) {
+		ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		start := time.Now()
+		if err := placeAndWait(ctx, client, w, url, customer); err != nil {
+			return 0, fmt.Errorf("order %s: %w", customer, err)
+		}
+		return ms(time.Since(start)), nil
+	}
+	var cold, warm, ready []float64
+	for r := range b.opts.ColdRounds {
+		if err := waitZero(ctx, s, "take-order", 30*time.Second); err != nil {
+			return nil, err
+		}
+		c, err := accepted(fmt.Sprintf("cold-%d", r))
+		if err != nil {
+			return nil, err
+		}
+		ready = append(ready, ms(fnStatus(s, "take-order").LastColdStart))
+		wm, err := accepted(fmt.Sprintf("warm-%d", r))
+		if err != nil {
+			return nil, err
+		}
+		cold, warm = append(cold, c), append(warm, wm)
+		b.progress.Info("cold start", "round", r, "coldMs", c, "warmMs", wm, "readyMs", ready[len(ready)-1])
+	}
+	b.report.Notes = append(b.report.Notes, fmt.Sprintf("cold start: take-order activation→ready (runner status lastColdStart) median %.1f ms", loadgen.Median(ready)))
+	return []Metric{
+		newMetric("cold start: order→accepted, take-order at 0", millis, cold).against("same order, take-order warm", warm),
+	}, nil
+}
+
+func fnStatus(s *shop, name string) supervisor.Status {
+	for _, f := range s.Status().Functions {
+		if f.Service == name {
+			return f
+		}
+	}
+	return supervisor.Status{}
+}
+
+// waitZero waits until the Service has no instance left.
+func waitZero(ctx context.Context, s *shop, name string, limit time.Duration) error {
+	deadline := time.Now().Add(limit)
+	for len(fnStatus(s, name).Instances) > 0 {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s did not scale to zero within %s", name, limit)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	return nil
+}
