@@ -20,7 +20,10 @@ func newSink(raw string) (func(context.Context, cloudevents.Event) error, error)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") {
 		return nil, fmt.Errorf("K_SINK %q is not an http(s) URL", raw)
 	}
-	client := &http.Client{Timeout: 2 * time.Second}
+	// Keep connections to the sink for every concurrent brew.
+	client := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{
+		Proxy: nil, MaxIdleConns: 256, MaxIdleConnsPerHost: 256, IdleConnTimeout: 90 * time.Second,
+	}}
 	return func(ctx context.Context, e cloudevents.Event) error {
 		req, err := http.NewRequestWithContext(ctx, http.MethodPost, u.String(), nil)
 		if err != nil {
