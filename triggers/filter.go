@@ -103,56 +103,42 @@ func (f failOnPanic) Filter(ctx context.Context, e cloudevents.Event) (res event
 
 func (f failOnPanic) Cleanup() { f.inner.Cleanup() }
 
-// allFilter fails as soon as one child fails, else it answers what the
-// last child answered (NoFilter when it has none).
-type allFilter []eventfilter.Filter
-
+// all fails as soon as one child fails; any passes as soon as one child
+// passes. Otherwise each answers what its last child answered (NoFilter
+// when it has none), as Knative's all and any filters do.
 func all(fs []eventfilter.Filter) eventfilter.Filter {
-	if len(fs) == 1 {
-		return fs[0]
-	}
-	return allFilter(fs)
+	return shortCircuit(fs, eventfilter.FailFilter)
 }
-
-func (a allFilter) Filter(ctx context.Context, e cloudevents.Event) eventfilter.FilterResult {
-	res := eventfilter.NoFilter
-	for _, f := range a {
-		if res = f.Filter(ctx, e); res == eventfilter.FailFilter {
-			return res
-		}
-	}
-	return res
-}
-
-func (a allFilter) Cleanup() {
-	for _, f := range a {
-		f.Cleanup()
-	}
-}
-
-// anyFilter passes as soon as one child passes, else it answers what the
-// last child answered (NoFilter when it has none).
-type anyFilter []eventfilter.Filter
 
 func anyOf(fs []eventfilter.Filter) eventfilter.Filter {
+	return shortCircuit(fs, eventfilter.PassFilter)
+}
+
+func shortCircuit(fs []eventfilter.Filter, stop eventfilter.FilterResult) eventfilter.Filter {
 	if len(fs) == 1 {
 		return fs[0]
 	}
-	return anyFilter(fs)
+	return composite{children: fs, stop: stop}
 }
 
-func (a anyFilter) Filter(ctx context.Context, e cloudevents.Event) eventfilter.FilterResult {
+// composite evaluates its children in order until one answers stop.
+type composite struct {
+	children []eventfilter.Filter
+	stop     eventfilter.FilterResult
+}
+
+func (c composite) Filter(ctx context.Context, e cloudevents.Event) eventfilter.FilterResult {
 	res := eventfilter.NoFilter
-	for _, f := range a {
-		if res = f.Filter(ctx, e); res == eventfilter.PassFilter {
+	for _, f := range c.children {
+		if res = f.Filter(ctx, e); res == c.stop {
 			return res
 		}
 	}
 	return res
 }
 
-func (a anyFilter) Cleanup() {
-	for _, f := range a {
+func (c composite) Cleanup() {
+	for _, f := range c.children {
 		f.Cleanup()
 	}
 }
