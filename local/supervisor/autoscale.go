@@ -53,8 +53,8 @@ func newAutoscaler(ns, name string, s Scaling, ready func() int) *autoscaler {
 	a := &autoscaler{
 		s:      s,
 		log:    zap.NewNop().Sugar(),
-		stable: aggregation.NewTimedFloat64Buckets(s.StableWindow, granularity(s)),
-		panic:  aggregation.NewTimedFloat64Buckets(s.PanicWindow, granularity(s)),
+		stable: aggregation.NewTimedFloat64Buckets(s.StableWindow, bucket),
+		panic:  aggregation.NewTimedFloat64Buckets(s.PanicWindow, bucket),
 	}
 	a.decider = scaling.New(attribute.NewSet(), noop.NewMeterProvider(), ns, name, a, readyCounter(ready), &scaling.DeciderSpec{
 		MaxScaleUpRate:      1000,
@@ -76,8 +76,6 @@ func newAutoscaler(ns, name string, s Scaling, ready func() int) *autoscaler {
 // bucket is the granularity of the averaging windows: Knative's buckets
 // hold whole seconds.
 const bucket = time.Second
-
-func granularity(Scaling) time.Duration { return bucket }
 
 // record adds a demand sample taken once per Tick. A bucket sums what it
 // is given, so a sample weighs its share of the bucket's second.
