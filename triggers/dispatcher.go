@@ -78,40 +78,13 @@ func token(s string) string {
 // consumer first exists are delivered to it, as with a Knative Trigger.
 func New(ctx context.Context, js jetstream.JetStream, pub broker.Publisher, client *http.Client, cfg Config, log *slog.Logger) (*Dispatcher, error) {
 	t := cfg.Trigger
-	if cfg.Concurrency <= 0 {
-		cfg.Concurrency = 1
-	}
-	if cfg.DefaultTimeout <= 0 {
-		cfg.DefaultTimeout = 5 * time.Minute
-	}
-	if cfg.AcquireTimeout <= 0 {
-		cfg.AcquireTimeout = 2 * time.Minute
-	}
-	if cfg.DrainTimeout <= 0 {
-		cfg.DrainTimeout = 30 * time.Second
-	}
-	policy, err := NewPolicy(cfg.Delivery, cfg.DefaultTimeout)
+	cfg, policy, err := cfg.withDefaults()
 	if err != nil {
-		return nil, fmt.Errorf("trigger %s/%s: %w", t.Namespace, t.Name, err)
+		return nil, err
 	}
-	// A message is in our hands for at most one attempt, the reply publish
-	// and the dead-letter send; in-progress acks extend it while we work.
-	if cfg.AckWait <= 0 {
-		cfg.AckWait = policy.Timeout + 30*time.Second
-	}
-	maxAckPending := max(1000, cfg.Concurrency*10)
-	cons, err := js.CreateOrUpdateConsumer(ctx, cfg.Broker.StreamName(), jetstream.ConsumerConfig{
-		Durable:       ConsumerName(t),
-		Description:   fmt.Sprintf("Knative Trigger %s/%s", t.Namespace, t.Name),
-		DeliverPolicy: jetstream.DeliverNewPolicy,
-		AckPolicy:     jetstream.AckExplicitPolicy,
-		AckWait:       cfg.AckWait,
-		MaxDeliver:    -1,
-		MaxAckPending: maxAckPending,
-		FilterSubject: filterSubject(cfg.Broker, t),
-	})
+	cons, err := EnsureConsumer(ctx, js, cfg)
 	if err != nil {
-		return nil, fmt.Errorf("trigger %s/%s: create consumer: %w", t.Namespace, t.Name, err)
+		return nil, err
 	}
 	filter, err := NewFilter(t)
 	if err != nil {
