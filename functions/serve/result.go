@@ -2,6 +2,7 @@ package serve
 
 import (
 	"errors"
+	"fmt"
 	"net/http"
 
 	cehttp "github.com/cloudevents/sdk-go/v2/protocol/http"
@@ -24,4 +25,17 @@ func StatusCode(err error) int {
 		return res.StatusCode
 	}
 	return http.StatusInternalServerError
+}
+
+// Message returns the text of a handler error without the status code that
+// a *cehttp.Result puts in front of it ("400: ..."), for a response body
+// whose status line already carries the code.
+func Message(err error) string {
+	if err == nil {
+		return ""
+	}
+	if res, ok := err.(*cehttp.Result); ok {
+		return fmt.Errorf(res.Format, res.Args...).Error()
+	}
+	return err.Error()
 }

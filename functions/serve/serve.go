@@ -1,6 +1,6 @@
 // Package serve runs one CloudEvents function: an HTTP server answering
-// CloudEvents on "/" with the reply event, health endpoints for the platform
-// and a graceful drain on shutdown.
+// CloudEvents on "/" (and on the paths of any further Routes) with the reply
+// event, health endpoints for the platform and a graceful drain on shutdown.
 package serve
 
 import (
@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -36,6 +37,14 @@ const (
 	DefaultHandlerTimeout = 5 * time.Minute
 	DefaultMaxBodyBytes   = 1 << 20
 )
+
+// Route serves Handler on Path besides the function's main handler on "/",
+// for events that reach the function by another door, such as the dead
+// letters a Destination with a ref and a relative uri sends to a path.
+type Route struct {
+	Path    string
+	Handler Handler
+}
 
 // Paths of the health endpoints.
 const (
@@ -64,15 +73,18 @@ type Server struct {
 	drainTimeout   time.Duration
 	handlerTimeout time.Duration
 	maxBodyBytes   int64
-	handler        Handler
 	mux            *http.ServeMux
 	ready          atomic.Bool
 }
 
-// New returns a Server answering events with h.
-func New(cfg Config, h Handler) (*Server, error) {
+// New returns a Server answering events on "/" with h, and on each route's
+// path with its handler. A route's path is matched exactly.
+func New(cfg Config, h Handler, routes ...Route) (*Server, error) {
 	if h == nil {
 		return nil, errors.New("serve: nil handler")
+	}
+	if err := checkRoutes(routes); err != nil {
+		return nil, err
 	}
 	s := &Server{
 		instance:       cfg.Instance,
@@ -80,7 +92,6 @@ func New(cfg Config, h Handler) (*Server, error) {
 		drainTimeout:   cfg.DrainTimeout,
 		handlerTimeout: cfg.HandlerTimeout,
 		maxBodyBytes:   cfg.MaxBodyBytes,
-		handler:        h,
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
@@ -96,10 +107,35 @@ func New(cfg Config, h Handler) (*Server, error) {
 	}
 
 	s.mux = http.NewServeMux()
-	s.mux.HandleFunc("POST /", s.receive)
+	s.mux.HandleFunc("POST /", s.receiver(h))
+	for _, rt := range routes {
+		s.mux.HandleFunc("POST "+rt.Path, s.receiver(rt.Handler))
+	}
 	s.mux.HandleFunc("GET "+ReadinessPath, s.readiness)
 	s.mux.HandleFunc("GET "+LivenessPath, liveness)
 	return s, nil
+}
+
+// checkRoutes refuses routes that would shadow "/" or a health endpoint, or
+// that ServeMux would read as a pattern rather than a plain path.
+func checkRoutes(routes []Route) error {
+	seen := map[string]bool{}
+	for _, rt := range routes {
+		switch {
+		case rt.Handler == nil:
+			return fmt.Errorf("serve: route %q: nil handler", rt.Path)
+		case !strings.HasPrefix(rt.Path, "/") || rt.Path == "/" || strings.HasSuffix(rt.Path, "/"):
+			return fmt.Errorf("serve: route %q: want an absolute path other than \"/\", without a trailing slash", rt.Path)
+		case strings.ContainsAny(rt.Path, "{} \t?#"):
+			return fmt.Errorf("serve: route %q: wildcards, spaces, queries and fragments are not allowed", rt.Path)
+		case rt.Path == ReadinessPath || rt.Path == LivenessPath:
+			return fmt.Errorf("serve: route %q: that is a health endpoint", rt.Path)
+		case seen[rt.Path]:
+			return fmt.Errorf("serve: route %q: defined twice", rt.Path)
+		}
+		seen[rt.Path] = true
+	}
+	return nil
 }
 
 // ServeHTTP routes a request to the event handler or a health endpoint.
@@ -149,8 +185,8 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	return nil
 }
 
-// invoke adapts the Handler to the cloudevents receiver.
-func (s *Server) invoke(ctx context.Context, e cloudevents.Event) (reply *cloudevents.Event, result protocol.Result) {
+// invoke adapts a Handler to the cloudevents receiver.
+func (s *Server) invoke(ctx context.Context, h Handler, e cloudevents.Event) (reply *cloudevents.Event, result protocol.Result) {
 	log := s.log.With("eventId", e.ID(), "eventType", e.Type(), "eventSource", e.Source())
 	ctx = WithLogger(WithInstance(ctx, s.instance), log)
 	ctx, cancel := context.WithTimeout(ctx, s.handlerTimeout)
@@ -163,7 +199,7 @@ func (s *Server) invoke(ctx context.Context, e cloudevents.Event) (reply *cloude
 		}
 	}()
 
-	reply, err := s.handler(ctx, e)
+	reply, err := h(ctx, e)
 	if err == nil {
 		return reply, nil
 	}
@@ -180,11 +216,15 @@ func (s *Server) invoke(ctx context.Context, e cloudevents.Event) (reply *cloude
 	return nil, cehttp.NewResult(code, "%w", err)
 }
 
-// receive handles one CloudEvent request on the request's own goroutine.
-// Bodies over the size limit get 413 and requests that are not decodable
-// CloudEvents 415 or 400, so that the sender does not retry what can never
-// succeed; the handler's reply goes back in binary mode.
-func (s *Server) receive(w http.ResponseWriter, r *http.Request) {
+// receiver handles one CloudEvent request with h on the request's own
+// goroutine. Bodies over the size limit get 413 and requests that are not
+// decodable CloudEvents 415 or 400, so that the sender does not retry what
+// can never succeed; the handler's reply goes back in binary mode.
+func (s *Server) receiver(h Handler) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) { s.receive(w, r, h) }
+}
+
+func (s *Server) receive(w http.ResponseWriter, r *http.Request, h Handler) {
 	if r.ContentLength > s.maxBodyBytes {
 		http.Error(w, "request body too large", http.StatusRequestEntityTooLarge)
 		return
@@ -214,10 +254,11 @@ func (s *Server) receive(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	reply, res := s.invoke(r.Context(), *event)
+	reply, res := s.invoke(r.Context(), h, *event)
 	if res != nil {
-		code := StatusCode(res)
-		http.Error(w, res.Error(), code)
+		// The body is the message alone: the status line already has the
+		// code, and a dead-letter sink reads this body as the reason.
+		http.Error(w, Message(res), StatusCode(res))
 		return
 	}
 	if reply == nil {
@@ -242,18 +283,19 @@ func liveness(w http.ResponseWriter, _ *http.Request) {
 }
 
 // Main runs the function process named name: it reads the environment,
-// serves h until SIGTERM or SIGINT, drains, and exits 0, or 1 on failure.
-func Main(name string, h Handler) {
+// serves h (and routes) until SIGTERM or SIGINT, drains, and exits 0, or 1
+// on failure.
+func Main(name string, h Handler, routes ...Route) {
 	instance := InstanceName(os.Getenv)
 	log := NewLogger(os.Stderr, name, instance)
-	if err := run(instance, log, h); err != nil {
+	if err := run(instance, log, h, routes); err != nil {
 		log.Error("function failed", "err", err)
 		os.Exit(1)
 	}
 	os.Exit(0)
 }
 
-func run(instance string, log *slog.Logger, h Handler) error {
+func run(instance string, log *slog.Logger, h Handler, routes []Route) error {
 	drain, err := DurationEnv(os.Getenv, EnvDrainTimeout, DefaultDrainTimeout)
 	if err != nil {
 		return fmt.Errorf("read drain timeout: %w", err)
@@ -261,7 +303,7 @@ func run(instance string, log *slog.Logger, h Handler) error {
 	if drain == 0 {
 		return fmt.Errorf("%s must be positive", EnvDrainTimeout)
 	}
-	srv, err := New(Config{Instance: instance, Logger: log, DrainTimeout: drain}, h)
+	srv, err := New(Config{Instance: instance, Logger: log, DrainTimeout: drain}, h, routes...)
 	if err != nil {
 		return err
 	}

@@ -62,13 +62,13 @@ type running struct {
 }
 
 // start runs a Server on 127.0.0.1 with a random port.
-func start(t *testing.T, cfg serve.Config, h serve.Handler) *running {
+func start(t *testing.T, cfg serve.Config, h serve.Handler, routes ...serve.Route) *running {
 	t.Helper()
 	logs := &syncBuffer{}
 	if cfg.Logger == nil {
 		cfg.Logger = serve.NewLogger(logs, "test-fn", cfg.Instance)
 	}
-	srv, err := serve.New(cfg, h)
+	srv, err := serve.New(cfg, h, routes...)
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
