@@ -7,11 +7,15 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
+	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
+	"github.com/cloudevents/sdk-go/v2/binding"
+	cehttp "github.com/cloudevents/sdk-go/v2/protocol/http"
 
 	"github.com/koffeeshop/koffeeshop/functions/coffee"
 	"github.com/koffeeshop/koffeeshop/functions/serve"
@@ -169,5 +173,52 @@ func TestProgressEventOnStart(t *testing.T) {
 	var r coffee.Ready
 	if err := coffee.Decode(got[0], &r); err != nil || r.Barista != "prepare-beverage-7" {
 		t.Fatalf("progress payload %+v (%v)", r, err)
+	}
+}
+
+// TestProgressEventReachesSink: with a K_SINK, the preparing event goes to
+// it over HTTP before the beverage is ready, and a sink that refuses it
+// does not stop the brew.
+func TestProgressEventReachesSink(t *testing.T) {
+	var (
+		mu     sync.Mutex
+		got    []cloudevents.Event
+		status = http.StatusAccepted
+	)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ev, err := binding.ToEvent(r.Context(), cehttp.NewMessageFromHttpRequest(r))
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		got = append(got, *ev)
+		w.WriteHeader(status)
+	}))
+	defer srv.Close()
+	sink, err := serve.NewSink(srv.URL+"/default/default", progressTimeout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := barista{progress: sink.Send}
+	in := accepted(t, "acc-sink", sampleOrder())
+	if _, err := b.handle(serve.WithInstance(context.Background(), "prepare-beverage-3"), in); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	if len(got) != 1 || got[0].Type() != coffee.TypeBeveragePreparing || got[0].ID() != coffee.ReplyID(in.Source(), in.ID(), coffee.TypeBeveragePreparing) {
+		t.Fatalf("sink received %v", got)
+	}
+	status = http.StatusServiceUnavailable
+	mu.Unlock()
+
+	var logs bytes.Buffer
+	out, err := b.handle(baristaCtx(&logs, "prepare-beverage-3"), accepted(t, "acc-sink-2", sampleOrder()))
+	if err != nil || out.Type() != coffee.TypeBeverageReady {
+		t.Fatalf("a refused progress event stopped the brew: %v", err)
+	}
+	if !strings.Contains(logs.String(), "progress event not sent") {
+		t.Errorf("refused progress event not logged: %s", logs.String())
 	}
 }

@@ -13,20 +13,25 @@ const envBrewTime = "BREW_TIME"
 
 const defaultBrewTime = time.Second
 
+// progressTimeout bounds sending the progress event: it is best effort, and
+// a slow sink must not hold up the brew.
+const progressTimeout = 2 * time.Second
+
 func main() {
+	log := serve.NewLogger(os.Stderr, functionName, serve.InstanceName(os.Getenv))
 	brewTime, err := serve.DurationEnv(os.Getenv, envBrewTime, defaultBrewTime)
 	if err != nil {
-		serve.NewLogger(os.Stderr, functionName, serve.InstanceName(os.Getenv)).Error("invalid configuration", "err", err)
+		log.Error("invalid configuration", "err", err)
 		os.Exit(1)
 	}
 	b := barista{brewTime: brewTime}
-	if sink := os.Getenv("K_SINK"); sink != "" {
-		s, err := newSink(sink)
-		if err != nil {
-			serve.NewLogger(os.Stderr, functionName, serve.InstanceName(os.Getenv)).Error("invalid K_SINK", "err", err)
-			os.Exit(1)
-		}
-		b.progress = s
+	sink, err := serve.SinkFromEnv(os.Getenv, progressTimeout)
+	if err != nil {
+		log.Error("invalid configuration", "err", err)
+		os.Exit(1)
+	}
+	if sink != nil {
+		b.progress = sink.Send
 	}
 	serve.Main(functionName, b.handle)
 }

@@ -1,0 +1,126 @@
+package serve
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"time"
+
+	cloudevents "github.com/cloudevents/sdk-go/v2"
+	"github.com/cloudevents/sdk-go/v2/protocol"
+	cehttp "github.com/cloudevents/sdk-go/v2/protocol/http"
+)
+
+// EnvSink is where a function sends events that are not replies: Knative's
+// SinkBinding sets it (the local runner too), usually to a Broker.
+const EnvSink = "K_SINK"
+
+// DefaultSinkTimeout bounds one send to the sink when NewSink gets 0.
+const DefaultSinkTimeout = 5 * time.Second
+
+// Sink sends events to one address over CloudEvents HTTP (binary mode). It
+// keeps its connections alive between sends, since a busy function sends
+// many events to the same Broker, and is safe for concurrent use.
+type Sink struct {
+	target  string
+	timeout time.Duration
+	client  cloudevents.Client
+}
+
+// SendError is a send the sink did not accept. Status is the sink's HTTP
+// answer, or 0 when none came (a transport error or a timeout).
+type SendError struct {
+	Status int
+	Err    error
+}
+
+func (e *SendError) Error() string { return e.Err.Error() }
+func (e *SendError) Unwrap() error { return e.Err }
+
+// NewSink returns a Sink sending to the http(s) URL target, each send
+// bounded by timeout (DefaultSinkTimeout when 0).
+func NewSink(target string, timeout time.Duration) (*Sink, error) {
+	u, err := url.Parse(target)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, fmt.Errorf("sink %q is not an http(s) URL", target)
+	}
+	if timeout <= 0 {
+		timeout = DefaultSinkTimeout
+	}
+	// The default transport keeps only two idle connections per host: too
+	// few for every concurrent send to find one.
+	transport := &http.Transport{
+		Proxy:               nil,
+		DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		MaxIdleConns:        256,
+		MaxIdleConnsPerHost: 256,
+		IdleConnTimeout:     90 * time.Second,
+	}
+	p, err := cehttp.New(cehttp.WithTarget(u.String()), cehttp.WithClient(http.Client{Transport: drainOnClose{transport}}))
+	if err != nil {
+		return nil, fmt.Errorf("sink %s: %w", target, err)
+	}
+	// No defaulters (time, id): what is sent is exactly what the caller
+	// built, so a resent event stays identical and the Broker dedups it.
+	c, err := cloudevents.NewClient(p)
+	if err != nil {
+		return nil, fmt.Errorf("sink %s: %w", target, err)
+	}
+	return &Sink{target: u.String(), timeout: timeout, client: c}, nil
+}
+
+// SinkFromEnv returns the Sink named by K_SINK, or nil when it is unset.
+func SinkFromEnv(getenv func(string) string, timeout time.Duration) (*Sink, error) {
+	v := getenv(EnvSink)
+	if v == "" {
+		return nil, nil
+	}
+	s, err := NewSink(v, timeout)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", EnvSink, err)
+	}
+	return s, nil
+}
+
+// Target is the URL events are sent to.
+func (s *Sink) Target() string { return s.target }
+
+// Send delivers e and returns nil once the sink answered 2xx; otherwise a
+// *SendError telling what the sink answered, if anything.
+func (s *Sink) Send(ctx context.Context, e cloudevents.Event) error {
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	res := s.client.Send(ctx, e)
+	if protocol.IsACK(res) {
+		return nil
+	}
+	var httpRes *cehttp.Result
+	if errors.As(res, &httpRes) {
+		return &SendError{Status: httpRes.StatusCode, Err: fmt.Errorf("send %s %s to sink: %w", e.Type(), e.ID(), res)}
+	}
+	return &SendError{Err: fmt.Errorf("send %s %s to sink: %w", e.Type(), e.ID(), res)}
+}
+
+// drainOnClose makes closing a response body read what is left of it first
+// (up to 64 KiB): the sdk closes a 2xx answer unread, and net/http only
+// reuses a connection whose last body was read to the end.
+type drainOnClose struct{ rt http.RoundTripper }
+
+func (d drainOnClose) RoundTrip(req *http.Request) (*http.Response, error) {
+	resp, err := d.rt.RoundTrip(req)
+	if err == nil && resp.Body != nil && resp.Body != http.NoBody {
+		resp.Body = drainingBody{resp.Body}
+	}
+	return resp, err
+}
+
+type drainingBody struct{ io.ReadCloser }
+
+func (b drainingBody) Close() error {
+	_, _ = io.CopyN(io.Discard, b.ReadCloser, 64<<10)
+	return b.ReadCloser.Close()
+}
