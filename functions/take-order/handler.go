@@ -13,6 +13,10 @@ import (
 
 const functionName = "take-order"
 
+// orderShape is the data of an order.placed event, as the refusal of an
+// undecodable one shows it.
+const orderShape = `{"customer": "...", "beverage": "..."}`
+
 // handle validates a placed order against the menu and accepts or rejects it.
 func handle(ctx context.Context, e cloudevents.Event) (*cloudevents.Event, error) {
 	if e.Type() != coffee.TypeOrderPlaced {
@@ -20,7 +24,9 @@ func handle(ctx context.Context, e cloudevents.Event) (*cloudevents.Event, error
 	}
 	var order coffee.Order
 	if err := coffee.Decode(e, &order); err != nil {
-		return nil, serve.BadRequest("invalid order: %w", err)
+		// Tell the sender what an order looks like: this text is all a
+		// dead-lettered order carries back to whoever placed it.
+		return nil, serve.BadRequest("invalid order: %w; an order is %s as %s", err, orderShape, cloudevents.ApplicationJSON)
 	}
 
 	orderID := coffee.OrderID(e)
@@ -63,7 +69,7 @@ func check(customer, beverage string) string {
 		return "beverage is required"
 	}
 	if _, ok := coffee.LookupBeverage(beverage); !ok {
-		return fmt.Sprintf("unknown beverage %q", beverage)
+		return fmt.Sprintf("unknown beverage %q: the menu is %s", beverage, strings.Join(coffee.Menu(), ", "))
 	}
 	return ""
 }

@@ -94,7 +94,8 @@ func TestRejectsOrder(t *testing.T) {
 	}{
 		{"missing customer", `{"beverage":"latte"}`, "customer is required"},
 		{"blank customer", `{"customer":"  \t","beverage":"latte"}`, "customer is required"},
-		{"unknown beverage", `{"customer":"ada","beverage":"xyz"}`, `unknown beverage "xyz"`},
+		{"unknown beverage", `{"customer":"ada","beverage":"xyz"}`, `unknown beverage "xyz": the menu is espresso, americano, latte, cappuccino, flat-white, mocha, tea`},
+		{"near miss", `{"customer":"ada","beverage":"flat white"}`, `unknown beverage "flat white": the menu is espresso, americano, latte, cappuccino, flat-white, mocha, tea`},
 		{"missing beverage", `{"customer":"ada"}`, "beverage is required"},
 		{"blank customer and beverage", `{"customer":"","beverage":"xyz"}`, "customer is required"},
 	} {
@@ -150,6 +151,38 @@ func TestRefusesBadRequests(t *testing.T) {
 			}
 			if code := serve.StatusCode(err); code != http.StatusBadRequest {
 				t.Errorf("status = %d (%v), want 400", code, err)
+			}
+		})
+	}
+}
+
+// TestUndecodableOrderShowsTheShape: the refusal of data that is not an
+// order says what an order looks like, whatever was wrong with it.
+func TestUndecodableOrderShowsTheShape(t *testing.T) {
+	text := placed(t, "s-1", `{}`)
+	if err := text.SetData(cloudevents.TextPlain, []byte("latte")); err != nil {
+		t.Fatal(err)
+	}
+	empty := placed(t, "s-2", `{}`)
+	empty.DataEncoded = nil
+	for name, tc := range map[string]struct {
+		in    cloudevents.Event
+		cause string
+	}{
+		"text/plain":  {text, `unsupported datacontenttype "text/plain"`},
+		"no data":     {empty, "event has no data"},
+		"json string": {placed(t, "s-3", `"latte"`), "cannot unmarshal string"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			_, err := handle(context.Background(), tc.in)
+			if code := serve.StatusCode(err); code != http.StatusBadRequest {
+				t.Fatalf("status = %d (%v), want 400", code, err)
+			}
+			msg := serve.Message(err)
+			for _, want := range []string{"invalid order: ", tc.cause, `an order is {"customer": "...", "beverage": "..."} as application/json`} {
+				if !strings.Contains(msg, want) {
+					t.Errorf("refusal %q lacks %q", msg, want)
+				}
 			}
 		})
 	}
