@@ -17,6 +17,9 @@ const (
 	// its sink (K_SINK) when it starts brewing; it carries a Ready payload.
 	TypeBeveragePreparing = "com.koffeeshop.beverage.preparing"
 	TypeCustomerNotified  = "com.koffeeshop.customer.notified"
+	// TypeOrderFailed tells that an event of an order could not be handled
+	// for good: its delivery was dead-lettered. It carries a Failed payload.
+	TypeOrderFailed = "com.koffeeshop.order.failed"
 )
 
 // Order is the payload of an order.placed event.
@@ -55,6 +58,20 @@ type Notified struct {
 	Beverage string `json:"beverage"`
 	Barista  string `json:"barista"`
 	Message  string `json:"message"`
+}
+
+// Failed is the payload of an order.failed event.
+type Failed struct {
+	OrderID  string `json:"orderId"`
+	Customer string `json:"customer"`
+	Beverage string `json:"beverage"`
+	// Reason is what the subscriber answered, or what went wrong.
+	Reason string `json:"reason"`
+	// Code is the HTTP status of the last failed delivery (500 for a
+	// transport error), as Knative's knativeerrorcode reports it.
+	Code int `json:"code"`
+	// Destination is the subscriber that failed (knativeerrordest).
+	Destination string `json:"destination"`
 }
 
 // Menu returns the beverages the shop serves, in menu order.

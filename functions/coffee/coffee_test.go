@@ -214,3 +214,14 @@ func TestDecode(t *testing.T) {
 		})
 	}
 }
+
+// TestFailedPayload pins the field names the board and any client read.
+func TestFailedPayload(t *testing.T) {
+	b, err := json.Marshal(coffee.Failed{OrderID: "o", Customer: "c", Beverage: "b", Reason: "r", Code: 400, Destination: "http://x/"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := `{"orderId":"o","customer":"c","beverage":"b","reason":"r","code":400,"destination":"http://x/"}`; string(b) != want {
+		t.Errorf("order.failed data = %s, want %s", b, want)
+	}
+}
