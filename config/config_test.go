@@ -40,6 +40,33 @@ func TestShippedManifests(t *testing.T) {
 	}
 }
 
+// TestShippedDeadLetterSink: a refused event must not vanish after the
+// Broker's 202. The Broker's delivery sends it to notify's /dead-letter
+// path, and no shipped Trigger opts out with a delivery of its own that
+// lacks a sink (a Trigger's delivery replaces the Broker's as a whole).
+func TestShippedDeadLetterSink(t *testing.T) {
+	set, err := config.LoadDir(context.Background(), ".")
+	if err != nil {
+		t.Fatalf("config/ does not validate: %v", err)
+	}
+	b := set.Broker(config.DefaultNamespace, "default")
+	if b == nil || b.Spec.Delivery == nil || b.Spec.Delivery.DeadLetterSink == nil {
+		t.Fatal("the Broker default has no spec.delivery.deadLetterSink")
+	}
+	dls := b.Spec.Delivery.DeadLetterSink
+	if ref := dls.Ref; ref == nil || ref.APIVersion != "serving.knative.dev/v1" || ref.Kind != "Service" || ref.Name != "notify" {
+		t.Errorf("deadLetterSink.ref = %+v, want the notify Service", dls.Ref)
+	}
+	if dls.URI == nil || dls.URI.String() != "/dead-letter" || dls.URI.URL().IsAbs() {
+		t.Errorf("deadLetterSink.uri = %v, want the relative /dead-letter", dls.URI)
+	}
+	for _, tr := range set.Triggers {
+		if d := tr.Spec.Delivery; d != nil && d.DeadLetterSink == nil {
+			t.Errorf("Trigger %s has a delivery without a deadLetterSink: it does not inherit the Broker's", tr.Name)
+		}
+	}
+}
+
 func TestValidationErrors(t *testing.T) {
 	const broker = `
 apiVersion: eventing.knative.dev/v1
@@ -112,6 +139,20 @@ spec:
     spec:
       containers: [{}]
 `, "image"},
+		{"dead-letter sink with a ref and an absolute uri", broker + `
+spec:
+  delivery:
+    deadLetterSink:
+      ref: {apiVersion: serving.knative.dev/v1, kind: Service, name: notify}
+      uri: http://example.com/dead-letter
+`, "Absolute URI is not allowed"},
+		{"dead-letter sink to a missing service", broker + `
+spec:
+  delivery:
+    deadLetterSink:
+      ref: {apiVersion: serving.knative.dev/v1, kind: Service, name: ghost}
+      uri: /dead-letter
+`, "deadLetterSink: Service default/ghost is not defined"},
 		{"duplicate trigger", broker + `---
 apiVersion: eventing.knative.dev/v1
 kind: Trigger
