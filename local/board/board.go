@@ -5,6 +5,7 @@ package board
 
 import (
 	"bytes"
+	"container/list"
 	"context"
 	"embed"
 	"encoding/json"
@@ -14,7 +15,6 @@ import (
 	"io/fs"
 	"log/slog"
 	"net/http"
-	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -58,6 +58,12 @@ type Deps struct {
 	Log  *slog.Logger
 }
 
+// MaxOrders bounds the orders the board keeps: the most recently updated
+// ones. Without it a busy shop grows the board's memory without end; an
+// evicted order is only missing from the page of a browser that connects
+// later, and from Counts.
+const MaxOrders = 1000
+
 // Board is the web board.
 type Board struct {
 	d      Deps
@@ -65,7 +71,8 @@ type Board struct {
 	client *http.Client
 
 	mu     sync.Mutex
-	orders map[string]*Order
+	orders map[string]*list.Element // of *Order, by order id
+	recent *list.List               // every order, least recently updated first
 	subs   map[chan []byte]struct{}
 }
 
@@ -80,8 +87,11 @@ type Order struct {
 	Updated  time.Time `json:"updated"`
 }
 
-// The stages an order moves through; it never moves back.
-var stageRank = map[string]int{"placed": 1, "accepted": 2, "preparing": 3, "ready": 4, "notified": 5, "rejected": 5}
+// The stages an order moves through; it never moves back, and once at a
+// terminal stage (notified, rejected or failed) it stays there.
+var stageRank = map[string]int{"placed": 1, "accepted": 2, "preparing": 3, "ready": 4, "notified": terminal, "rejected": terminal, "failed": terminal}
+
+const terminal = 5
 
 var stageOf = map[string]string{
 	coffee.TypeOrderPlaced:       "placed",
@@ -90,6 +100,8 @@ var stageOf = map[string]string{
 	coffee.TypeBeveragePreparing: "preparing",
 	coffee.TypeBeverageReady:     "ready",
 	coffee.TypeCustomerNotified:  "notified",
+	// One of the order's events was dead-lettered: it went no further.
+	coffee.TypeOrderFailed: "failed",
 }
 
 // New returns a Board.
@@ -97,7 +109,7 @@ func New(d Deps) *Board {
 	if d.StatusEvery <= 0 {
 		d.StatusEvery = 250 * time.Millisecond
 	}
-	b := &Board{d: d, client: &http.Client{Timeout: 30 * time.Second}, orders: map[string]*Order{}, subs: map[chan []byte]struct{}{}}
+	b := &Board{d: d, client: &http.Client{Timeout: 30 * time.Second}, orders: map[string]*list.Element{}, recent: list.New(), subs: map[chan []byte]struct{}{}}
 	static, _ := fs.Sub(assets, "assets")
 	b.mux = http.NewServeMux()
 	b.mux.HandleFunc("GET "+PagePath+"{$}", func(w http.ResponseWriter, r *http.Request) {
@@ -167,14 +179,19 @@ func (b *Board) feed(w http.ResponseWriter, r *http.Request) {
 
 func (b *Board) advance(in Order) {
 	b.mu.Lock()
-	o, ok := b.orders[in.OrderID]
-	if !ok {
+	var o *Order
+	if el, ok := b.orders[in.OrderID]; ok {
+		o = el.Value.(*Order)
+		rank := stageRank[o.Stage]
+		if stageRank[in.Stage] < rank || (rank == terminal && in.Stage != o.Stage) {
+			b.mu.Unlock()
+			return
+		}
+		b.recent.MoveToBack(el)
+	} else {
 		o = &Order{OrderID: in.OrderID}
-		b.orders[in.OrderID] = o
-	}
-	if stageRank[in.Stage] < stageRank[o.Stage] {
-		b.mu.Unlock()
-		return
+		b.orders[in.OrderID] = b.recent.PushBack(o)
+		b.evictLocked()
 	}
 	o.Stage = in.Stage
 	for dst, src := range map[*string]string{&o.Customer: in.Customer, &o.Beverage: in.Beverage, &o.Barista: in.Barista, &o.Reason: in.Reason} {
@@ -186,6 +203,31 @@ func (b *Board) advance(in Order) {
 	snapshot := *o
 	b.mu.Unlock()
 	b.broadcast("order", snapshot)
+}
+
+// evictLocked drops the least recently updated orders beyond MaxOrders;
+// b.mu must be held. Every update moves an order to the back of b.recent,
+// so the front is the oldest by Updated.
+func (b *Board) evictLocked() {
+	for b.recent.Len() > MaxOrders {
+		o := b.recent.Remove(b.recent.Front()).(*Order)
+		delete(b.orders, o.OrderID)
+	}
+}
+
+// Counts returns how many of the orders the board keeps (the MaxOrders
+// most recently updated) are at each stage, every stage present.
+func (b *Board) Counts() map[string]int {
+	counts := make(map[string]int, len(stageRank))
+	for stage := range stageRank {
+		counts[stage] = 0
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for el := b.recent.Front(); el != nil; el = el.Next() {
+		counts[el.Value.(*Order).Stage]++
+	}
+	return counts
 }
 
 // events streams the board: every known order first, then changes.
@@ -200,9 +242,9 @@ func (b *Board) events(w http.ResponseWriter, r *http.Request) {
 	ch := make(chan []byte, 256)
 	b.mu.Lock()
 	b.subs[ch] = struct{}{}
-	orders := make([]Order, 0, len(b.orders))
-	for _, o := range b.orders {
-		orders = append(orders, *o)
+	orders := make([]Order, 0, b.recent.Len())
+	for el := b.recent.Front(); el != nil; el = el.Next() {
+		orders = append(orders, *el.Value.(*Order))
 	}
 	b.mu.Unlock()
 	defer func() {
@@ -210,8 +252,7 @@ func (b *Board) events(w http.ResponseWriter, r *http.Request) {
 		delete(b.subs, ch)
 		b.mu.Unlock()
 	}()
-	sort.Slice(orders, func(i, j int) bool { return orders[i].Updated.Before(orders[j].Updated) })
-	for _, o := range orders {
+	for _, o := range orders { // oldest first
 		_, _ = w.Write(sse("order", o))
 	}
 	if b.d.Status != nil {

@@ -59,8 +59,11 @@
     tr.append(el("td", "", o.customer || "…"), el("td", "", o.beverage || "…"));
     const steps = el("td");
     const wrap = el("div", "steps");
-    if (o.stage === "rejected") {
-      wrap.append(el("span", "step done", "placed"), el("span", "step rejected", "rejected: " + (o.reason || "")));
+    if (o.stage === "rejected" || o.stage === "failed") {
+      // Both end the order: rejected by take-order's rules, failed when
+      // one of its events could not be delivered (it was dead-lettered).
+      tr.dataset.reason = o.reason || "";
+      wrap.append(el("span", "step done", "placed"), el("span", "step " + o.stage, o.stage + ": " + (o.reason || "")));
     } else {
       const at = stages.indexOf(o.stage);
       stages.forEach(function (s, i) {
