@@ -106,8 +106,12 @@ func TestFailedOrderShowsItsReason(t *testing.T) {
 // ended (notified, rejected, failed) does not change how it ended.
 func TestTerminalStagesStay(t *testing.T) {
 	b := newBoard()
-	order := func(id string) coffee.Ready { return coffee.Ready{OrderID: id, Customer: "ada", Beverage: "latte", Barista: "b-1"} }
-	failed := func(id string) coffee.Failed { return coffee.Failed{OrderID: id, Reason: "subscriber answered 500", Code: 500} }
+	order := func(id string) coffee.Ready {
+		return coffee.Ready{OrderID: id, Customer: "ada", Beverage: "latte", Barista: "b-1"}
+	}
+	failed := func(id string) coffee.Failed {
+		return coffee.Failed{OrderID: id, Reason: "subscriber answered 500", Code: 500}
+	}
 
 	feed(t, b, event(t, "1", coffee.TypeBeverageReady, cloudevents.ApplicationJSON, order("o-1")))
 	feed(t, b, event(t, "2", coffee.TypeOrderFailed, cloudevents.ApplicationJSON, failed("o-1")))
