@@ -52,15 +52,28 @@ const (
 	draining
 )
 
+// An instance has one owner: the goroutine that runs Pool.own for it. The
+// owner does the instance's whole life: it starts the process, awaits its
+// readiness, serves, and, once asked to stop, drains it, sends SIGTERM, then
+// SIGKILL after the deadline, and waits for the exit. Everyone else only asks:
+// requestStopLocked closes stop, once, with a reason. KillOne alone signals
+// the process itself, as a crash would, reading proc under p.mu.
 type instance struct {
-	name     string
+	name    string    // immutable
+	started time.Time // immutable
+	// stop is closed, once, by requestStopLocked.
+	stop     chan struct{}
+	stopOnce sync.Once
+
+	// The fields below are guarded by p.mu. url, proc and readyIn are
+	// written only by the owner, under p.mu, so the owner may read them
+	// without it.
 	url      *url.URL
-	cmd      *exec.Cmd
-	state    state
+	proc     *os.Process // nil until the process started
+	state    state       // draining once a stop is requested
+	stopWhy  string      // why the stop was requested
 	inflight int
-	started  time.Time
 	readyIn  time.Duration
-	exited   chan struct{}
 }
 
 // Pool is the set of instances of one Service.
@@ -88,6 +101,11 @@ type Pool struct {
 	failures      int           // consecutive instances that died before ready
 	notBefore     time.Time     // crash-loop backoff
 	kick          chan struct{}
+
+	// Test hooks, nil outside tests, called by an instance's owner just
+	// before and just after its process is started.
+	beforeExec func(instance string)
+	afterExec  func(instance string, pid int)
 }
 
 // Options are the optional parts of a Pool.
@@ -254,12 +272,12 @@ func (p *Pool) release(in *instance) {
 func (p *Pool) Run(ctx context.Context) {
 	tick := time.NewTicker(p.scaling.Tick)
 	defer tick.Stop()
-	var wg sync.WaitGroup
+	var wg sync.WaitGroup // the owners of instances
 	for {
 		p.reconcile(ctx, &wg)
 		select {
 		case <-ctx.Done():
-			p.stopAll(&wg)
+			p.stopAll()
 			wg.Wait()
 			return
 		case <-p.kick:
@@ -283,7 +301,7 @@ func (p *Pool) reconcile(ctx context.Context, wg *sync.WaitGroup) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			p.launch(ctx, in)
+			p.own(ctx, in)
 		}()
 	}
 	for ; live > p.desired; live-- {
@@ -291,12 +309,7 @@ func (p *Pool) reconcile(ctx context.Context, wg *sync.WaitGroup) {
 		if victim == nil {
 			break
 		}
-		victim.state = draining
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			p.stop(victim, "scale down")
-		}()
+		p.requestStopLocked(victim, "scale down")
 	}
 }
 
@@ -328,60 +341,133 @@ func (p *Pool) newInstanceLocked() *instance {
 		name:    name,
 		state:   starting,
 		started: time.Now(),
-		exited:  make(chan struct{}),
+		stop:    make(chan struct{}),
 	}
 	p.insts[in] = struct{}{}
 	return in
 }
 
-func (p *Pool) launch(ctx context.Context, in *instance) {
-	if err := p.start(in); err != nil {
+// requestStopLocked asks the owner of in to drain and stop it; p.mu must be
+// held. Only the first request counts.
+func (p *Pool) requestStopLocked(in *instance, why string) {
+	in.stopOnce.Do(func() {
+		in.state = draining
+		in.stopWhy = why
+		close(in.stop)
+	})
+}
+
+// stopRequested reports whether in was asked to stop.
+func stopRequested(in *instance) bool {
+	select {
+	case <-in.stop:
+		return true
+	default:
+		return false
+	}
+}
+
+// errStopRequested ends awaitReady when the instance is asked to stop.
+var errStopRequested = errors.New("stop requested")
+
+// own is the life of an instance, run by its owner goroutine: it returns
+// once the instance's process has exited and the instance left the Pool.
+func (p *Pool) own(ctx context.Context, in *instance) {
+	if stopRequested(in) { // asked to stop before it started
+		p.forget(in, true)
+		return
+	}
+	cmd, err := p.start(in)
+	if err != nil {
 		p.log.Error("instance failed to start", "instance", in.name, "err", err)
 		p.forget(in, false)
 		return
 	}
-	if err := p.awaitReady(ctx, in); err != nil {
-		p.mu.Lock()
-		stopping := in.state == draining
-		p.mu.Unlock()
-		if !stopping {
-			p.log.Error("instance did not become ready", "instance", in.name, "err", err)
-			_ = in.cmd.Process.Kill()
-		}
-		<-in.exited
+	exited := make(chan struct{})
+	var waitErr error
+	go func() {
+		waitErr = cmd.Wait()
+		close(exited)
+	}()
+	p.serve(ctx, in, cmd.Process, exited)
+	<-exited
+	expected := stopRequested(in)
+	if !expected {
+		p.log.Warn("instance exited", "instance", in.name, "pid", cmd.Process.Pid, "err", waitErr)
+	}
+	p.forget(in, expected)
+}
+
+// serve takes a started process to ready and keeps it until it exits or is
+// asked to stop; it returns once the process exited or was sent SIGKILL.
+func (p *Pool) serve(ctx context.Context, in *instance, proc *os.Process, exited <-chan struct{}) {
+	// Asked to stop while the process was being started: it never becomes
+	// ready.
+	if stopRequested(in) {
+		p.terminate(in, proc, exited)
 		return
 	}
+	if err := p.awaitReady(ctx, in, exited); err != nil {
+		if ctx.Err() != nil && !stopRequested(in) {
+			p.mu.Lock()
+			p.requestStopLocked(in, "shutdown")
+			p.mu.Unlock()
+		}
+		if stopRequested(in) {
+			p.terminate(in, proc, exited)
+			return
+		}
+		p.log.Error("instance did not become ready", "instance", in.name, "err", err)
+		_ = proc.Kill()
+		return
+	}
+	if !p.markReady(in, proc.Pid) {
+		p.terminate(in, proc, exited) // asked to stop as it became ready
+		return
+	}
+	select {
+	case <-exited:
+	case <-in.stop:
+		p.terminate(in, proc, exited)
+	}
+}
+
+// markReady turns a starting instance ready, unless it was asked to stop.
+func (p *Pool) markReady(in *instance, pid int) bool {
 	var coldStart time.Duration
 	p.mu.Lock()
-	if in.state == starting {
-		in.state = ready
-		in.readyIn = time.Since(in.started)
-		p.failures = 0
-		if !p.activatedAt.IsZero() {
-			coldStart = time.Since(p.activatedAt)
-			p.lastColdStart = coldStart
-			p.activatedAt = time.Time{}
-		}
-		p.broadcast()
+	if in.state != starting {
+		p.mu.Unlock()
+		return false
 	}
+	in.state = ready
+	in.readyIn = time.Since(in.started)
+	p.failures = 0
+	if !p.activatedAt.IsZero() {
+		coldStart = time.Since(p.activatedAt)
+		p.lastColdStart = coldStart
+		p.activatedAt = time.Time{}
+	}
+	p.broadcast()
 	p.mu.Unlock()
 	if coldStart > 0 && p.coldStarts != nil {
 		p.coldStarts(coldStart)
 	}
-	p.log.Info("instance ready", "instance", in.name, "pid", in.cmd.Process.Pid, "url", in.url.String(), "coldStart", in.readyIn.Round(time.Millisecond))
+	p.log.Info("instance ready", "instance", in.name, "pid", pid, "url", in.url.String(), "coldStart", in.readyIn.Round(time.Millisecond))
+	return true
 }
 
 // start creates the instance's listening socket, hands it to the new
-// process as fd 3, and watches the process.
-func (p *Pool) start(in *instance) error {
+// process as fd 3, and starts the process.
+func (p *Pool) start(in *instance) (*exec.Cmd, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		return fmt.Errorf("listen: %w", err)
+		return nil, fmt.Errorf("listen: %w", err)
 	}
 	f, err := ln.(*net.TCPListener).File()
 	ln.Close()
 	if err != nil {
-		return fmt.Errorf("listener fd: %w", err)
+		return nil, fmt.Errorf("listener fd: %w", err)
 	}
 	defer f.Close()
 	addr := ln.Addr().(*net.TCPAddr)
@@ -405,24 +491,19 @@ func (p *Pool) start(in *instance) error {
 	w := &lineWriter{mu: p.outMu, out: p.out, prefix: []byte(in.name + " | ")}
 	cmd.Stdout, cmd.Stderr = w, w
 	cmd.SysProcAttr = procAttr()
+	if p.beforeExec != nil {
+		p.beforeExec(in.name)
+	}
 	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("start %s: %w", p.spec.Binary, err)
+		return nil, fmt.Errorf("start %s: %w", p.spec.Binary, err)
 	}
 	p.mu.Lock()
-	in.cmd = cmd
+	in.proc = cmd.Process
 	p.mu.Unlock()
-	go func() {
-		err := cmd.Wait()
-		close(in.exited)
-		p.mu.Lock()
-		expected := in.state == draining
-		p.mu.Unlock()
-		if !expected {
-			p.log.Warn("instance exited", "instance", in.name, "pid", cmd.Process.Pid, "err", err)
-		}
-		p.forget(in, expected)
-	}()
-	return nil
+	if p.afterExec != nil {
+		p.afterExec(in.name, cmd.Process.Pid)
+	}
+	return cmd, nil
 }
 
 // forget removes an instance that is gone and schedules its replacement,
@@ -442,17 +523,26 @@ func (p *Pool) forget(in *instance, expected bool) {
 	p.wake()
 }
 
-func (p *Pool) awaitReady(ctx context.Context, in *instance) error {
-	p.mu.Lock()
-	u := *in.url
-	p.mu.Unlock()
+// awaitReady probes the instance until it answers ready. It returns
+// errStopRequested as soon as the instance is asked to stop.
+func (p *Pool) awaitReady(ctx context.Context, in *instance, exited <-chan struct{}) error {
+	u := *in.url // written by this goroutine, the owner
 	u.Path = p.spec.ReadinessPath
+	probeCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() { // a stop request aborts a probe in flight
+		select {
+		case <-in.stop:
+			cancel()
+		case <-probeCtx.Done():
+		}
+	}()
 	deadline := time.NewTimer(p.spec.ReadyTimeout)
 	defer deadline.Stop()
 	tick := time.NewTicker(5 * time.Millisecond)
 	defer tick.Stop()
 	for {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
+		req, err := http.NewRequestWithContext(probeCtx, http.MethodGet, u.String(), nil)
 		if err != nil {
 			return err
 		}
@@ -463,9 +553,11 @@ func (p *Pool) awaitReady(ctx context.Context, in *instance) error {
 			}
 		}
 		select {
+		case <-in.stop:
+			return errStopRequested
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-in.exited:
+		case <-exited:
 			return errors.New("process exited")
 		case <-deadline.C:
 			return fmt.Errorf("not ready after %s", p.spec.ReadyTimeout)
@@ -474,52 +566,51 @@ func (p *Pool) awaitReady(ctx context.Context, in *instance) error {
 	}
 }
 
-// stop drains an instance that is already marked draining: it waits for its
+// terminate stops an instance that was asked to stop: it waits for its
 // requests in flight to finish, then sends SIGTERM (the function drains
-// too), and SIGKILL after DrainTimeout.
-func (p *Pool) stop(in *instance, why string) {
+// too), and SIGKILL after DrainTimeout. It returns once the process exited
+// or was sent SIGKILL.
+func (p *Pool) terminate(in *instance, proc *os.Process, exited <-chan struct{}) {
 	deadline := time.Now().Add(p.spec.DrainTimeout)
+	timer := time.NewTimer(p.spec.DrainTimeout)
+	defer timer.Stop()
+	p.mu.Lock()
+	why := in.stopWhy
+	p.mu.Unlock()
+drain:
 	for {
 		p.mu.Lock()
 		n, ch := in.inflight, p.changed
 		p.mu.Unlock()
-		if n == 0 || time.Now().After(deadline) {
+		if n == 0 {
 			break
 		}
 		select {
 		case <-ch:
-		case <-in.exited:
-		case <-time.After(time.Until(deadline)):
+		case <-exited:
+			break drain
+		case <-timer.C:
+			break drain
 		}
 	}
-	if in.cmd == nil {
-		return
-	}
 	p.log.Info("stopping instance", "instance", in.name, "reason", why)
-	_ = in.cmd.Process.Signal(syscall.SIGTERM)
+	_ = proc.Signal(syscall.SIGTERM)
+	timer.Reset(time.Until(deadline) + time.Second)
 	select {
-	case <-in.exited:
-	case <-time.After(time.Until(deadline) + time.Second):
+	case <-exited:
+	case <-timer.C:
 		p.log.Warn("instance did not stop in time, killing it", "instance", in.name)
-		_ = in.cmd.Process.Kill()
-		<-in.exited
+		_ = proc.Kill()
 	}
 }
 
-func (p *Pool) stopAll(wg *sync.WaitGroup) {
+// stopAll asks every instance to stop; their owners drain and stop them.
+func (p *Pool) stopAll() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.desired = 0
 	for in := range p.insts {
-		if in.state == draining {
-			continue
-		}
-		in.state = draining
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			p.stop(in, "shutdown")
-		}()
+		p.requestStopLocked(in, "shutdown")
 	}
 	p.broadcast()
 }
@@ -562,8 +653,8 @@ func (p *Pool) Status() Status {
 		if in.url != nil {
 			is.URL = in.url.String()
 		}
-		if in.cmd != nil && in.cmd.Process != nil {
-			is.PID = in.cmd.Process.Pid
+		if in.proc != nil {
+			is.PID = in.proc.Pid
 		}
 		s.Instances = append(s.Instances, is)
 	}
@@ -584,13 +675,17 @@ func (p *Pool) KillOne() (string, error) {
 			victim = in
 		}
 	}
-	p.mu.Unlock()
 	if victim == nil {
+		p.mu.Unlock()
 		return "", fmt.Errorf("service %s: %w", p.spec.Name, ErrNoInstance)
 	}
-	if err := victim.cmd.Process.Kill(); err != nil {
-		return "", fmt.Errorf("kill %s: %w", victim.name, err)
+	name, proc := victim.name, victim.proc // a ready instance has its process
+	p.mu.Unlock()
+	// os.Process is safe to signal while its owner waits for it: once it
+	// has been waited for, Kill fails with os.ErrProcessDone.
+	if err := proc.Kill(); err != nil {
+		return "", fmt.Errorf("kill %s: %w", name, err)
 	}
-	p.log.Warn("instance killed on request", "instance", victim.name, "pid", victim.cmd.Process.Pid)
-	return victim.name, nil
+	p.log.Warn("instance killed on request", "instance", name, "pid", proc.Pid)
+	return name, nil
 }
