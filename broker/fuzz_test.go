@@ -51,7 +51,7 @@ func FuzzIngress(f *testing.F) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			ev, err := broker.Decode(msg.Data)
+			ev, err := broker.Decode(msg.Header, msg.Data)
 			if err != nil {
 				t.Fatalf("202 but the stored event does not decode: %v", err)
 			}

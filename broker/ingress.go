@@ -3,6 +3,7 @@ package broker
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -12,7 +13,10 @@ import (
 	"strings"
 
 	"github.com/cloudevents/sdk-go/v2/binding"
+	"github.com/cloudevents/sdk-go/v2/event"
 	cehttp "github.com/cloudevents/sdk-go/v2/protocol/http"
+
+	"github.com/koffeeshop/koffeeshop/broker/ceheader"
 )
 
 // DefaultMaxBodyBytes is the default limit on an ingress request body.
@@ -95,25 +99,56 @@ func (in *Ingress) accept(ctx context.Context, ref Ref, r *http.Request) (int, e
 		}
 		return http.StatusBadRequest, fmt.Errorf("read request body: %w", err)
 	}
+	// Binding §3.1.3.2: attribute headers are percent-encoded on the wire.
+	if err := ceheader.DecodeHTTP(r.Header); err != nil {
+		return http.StatusBadRequest, fmt.Errorf("invalid CloudEvent: %w", err)
+	}
 	msg := cehttp.NewMessage(r.Header, io.NopCloser(bytes.NewReader(body)))
 	if msg.ReadEncoding() == binding.EncodingUnknown {
+		if sv := r.Header.Get("Ce-Specversion"); sv != "" {
+			return http.StatusBadRequest, unsupportedVersion(sv)
+		}
 		return http.StatusBadRequest, errors.New("not a CloudEvent: send binary mode (ce-specversion, ce-id, ce-source, ce-type headers) or structured mode (Content-Type: application/cloudevents+json)")
 	}
-	event, err := binding.ToEvent(ctx, msg)
+	ev, err := binding.ToEvent(ctx, msg)
 	if err != nil {
+		if sv, ok := structuredVersion(body); ok {
+			return http.StatusBadRequest, unsupportedVersion(sv)
+		}
 		return http.StatusBadRequest, fmt.Errorf("invalid CloudEvent: %w", err)
 	}
-	if err := event.Validate(); err != nil {
+	if err := Validate(ev); err != nil {
 		return http.StatusBadRequest, fmt.Errorf("invalid CloudEvent: %w", err)
 	}
-	res, err := in.pub.Publish(ctx, ref, event)
-	if err != nil {
+	if _, err := in.pub.Publish(ctx, ref, ev); err != nil {
+		if errors.Is(err, ErrTTLExhausted) {
+			return http.StatusBadRequest, fmt.Errorf("event dropped: %w", ErrTTLExhausted)
+		}
 		return http.StatusServiceUnavailable, fmt.Errorf("event not stored, retry: %w", err)
 	}
-	if res.DroppedTTL {
-		return http.StatusBadRequest, errors.New("event dropped: knativebrokerttl is exhausted (an event loop?)")
-	}
 	return http.StatusAccepted, nil
+}
+
+// unsupportedVersion names the spec versions the ingress reads.
+func unsupportedVersion(sv string) error {
+	return fmt.Errorf("specversion %q is not supported (%s, %s)", sv, event.CloudEventsVersionV1, event.CloudEventsVersionV03)
+}
+
+// structuredVersion reads the specversion of a structured-mode body that
+// sdk-go could not read, and reports whether it is one the ingress does
+// not support.
+func structuredVersion(body []byte) (string, bool) {
+	var v struct {
+		SpecVersion *string `json:"specversion"`
+	}
+	if json.Unmarshal(body, &v) != nil || v.SpecVersion == nil {
+		return "", false
+	}
+	switch *v.SpecVersion {
+	case event.CloudEventsVersionV1, event.CloudEventsVersionV03:
+		return "", false
+	}
+	return *v.SpecVersion, true
 }
 
 // parsePath splits /<namespace>/<broker> (a trailing slash is allowed).

@@ -51,7 +51,7 @@ func lastStored(t *testing.T, env *testBroker) cloudevents.Event {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ev, err := broker.Decode(msg.Data)
+	ev, err := broker.Decode(msg.Header, msg.Data)
 	if err != nil {
 		t.Fatal(err)
 	}

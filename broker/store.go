@@ -2,6 +2,7 @@ package broker
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"time"
@@ -23,17 +24,17 @@ type Publisher interface {
 	Publish(ctx context.Context, r Ref, e *cloudevents.Event) (Result, error)
 }
 
-// Result says what became of a published event.
+// Result says what became of a stored event.
 type Result struct {
-	// Stored is true when the event is in the stream (new or a duplicate).
-	Stored bool
 	// Duplicate is true when the stream already held this source+id.
 	Duplicate bool
 	// Sequence is the event's stream sequence.
 	Sequence uint64
-	// DroppedTTL is true when the event was dropped by the TTL loop guard.
-	DroppedTTL bool
 }
+
+// ErrTTLExhausted is wrapped by Publish's error when Knative's loop guard
+// drops an event: its knativebrokerttl is used up. Nothing was stored.
+var ErrTTLExhausted = errors.New("knativebrokerttl is exhausted (an event loop?)")
 
 // DefaultPublishTimeout bounds the wait for JetStream's acknowledgement.
 const DefaultPublishTimeout = 5 * time.Second
@@ -73,8 +74,8 @@ func NewStore(js jetstream.JetStream, log *slog.Logger, timeout time.Duration) *
 }
 
 // Publish stamps knativearrivaltime, applies the knativebrokerttl loop guard
-// (set to 255 when absent, else decremented; an event at 0 is dropped), and
-// stores the event. It returns only once JetStream has acknowledged the
+// (set to 255 when absent, else decremented; an event at 0 is refused with
+// ErrTTLExhausted), and stores the event. It returns only once JetStream has acknowledged the
 // write, so a nil error means the event is on disk. Like Knative's
 // defaulter, it writes the new TTL and arrival time into e's context.
 //
@@ -86,25 +87,20 @@ func (s *Store) Publish(ctx context.Context, r Ref, e *cloudevents.Event) (Resul
 	_ = kbroker.SetTTL(e.Context, nextTTL(e.Context))
 	ttl, err := kbroker.GetTTL(e.Context)
 	if err != nil || ttl <= 0 {
-		s.log.Warn("dropping event: knativebrokerttl exhausted",
-			"broker", r.String(), "id", e.ID(), "source", e.Source(), "type", e.Type())
-		return Result{DroppedTTL: true}, nil
+		return Result{}, fmt.Errorf("event %s from %s not stored in %s: %w", e.ID(), e.Source(), r, ErrTTLExhausted)
 	}
 	e.SetExtension(kbroker.EventArrivalTime, cloudevents.Timestamp{Time: s.now().UTC()})
 
-	body, err := e.MarshalJSON()
-	if err != nil {
-		return Result{}, fmt.Errorf("encode event %s: %w", e.ID(), err)
-	}
 	typ := e.Type()
 	// The headers jetstream.WithMsgID and WithExpectStream would set,
 	// written directly: the publish then takes the client's fast path.
-	msg := &nats.Msg{Subject: r.TypeSubject(typ), Data: body, Header: nats.Header{
-		"Content-Type":                 contentTypeJSON,
-		"Ce-Type":                      {typ},
+	msg := &nats.Msg{Subject: r.TypeSubject(typ), Header: nats.Header{
 		jetstream.MsgIDHeader:          {MsgID(e.Source(), e.ID())},
 		jetstream.ExpectedStreamHeader: {r.StreamName()},
 	}}
+	if err := encodeStored(ctx, e, msg); err != nil {
+		return Result{}, err
+	}
 	paf, err := s.js.PublishMsgAsync(msg)
 	if err != nil {
 		return Result{}, fmt.Errorf("store event %s in %s: %w", e.ID(), r.StreamName(), err)
@@ -117,7 +113,7 @@ func (s *Store) Publish(ctx context.Context, r Ref, e *cloudevents.Event) (Resul
 	}
 	select {
 	case ack := <-paf.Ok():
-		return Result{Stored: true, Duplicate: ack.Duplicate, Sequence: ack.Sequence}, nil
+		return Result{Duplicate: ack.Duplicate, Sequence: ack.Sequence}, nil
 	case err = <-paf.Err():
 	case <-expired:
 		err = jetstream.ErrAsyncPublishTimeout
@@ -126,10 +122,6 @@ func (s *Store) Publish(ctx context.Context, r Ref, e *cloudevents.Event) (Resul
 	}
 	return Result{}, fmt.Errorf("store event %s in %s: %w", e.ID(), r.StreamName(), err)
 }
-
-// contentTypeJSON is the Content-Type header of every stored event; the
-// client only reads it.
-var contentTypeJSON = []string{cloudevents.ApplicationCloudEventsJSON}
 
 // nextTTL is the knativebrokerttl an event gets on its way into a Broker,
 // by the rules of Knative's TTLDefaulter: DefaultTTL when it has none or
@@ -144,13 +136,4 @@ func nextTTL(ec cloudevents.EventContext) int32 {
 		return DefaultTTL
 	}
 	return max(ttl-1, 0)
-}
-
-// Decode reads an event stored by Publish.
-func Decode(data []byte) (cloudevents.Event, error) {
-	e := cloudevents.NewEvent()
-	if err := e.UnmarshalJSON(data); err != nil {
-		return e, fmt.Errorf("decode stored event: %w", err)
-	}
-	return e, nil
 }
