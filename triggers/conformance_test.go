@@ -416,7 +416,7 @@ func waitResult(t *testing.T, d *triggers.Dispatcher, want result, n int64) {
 	}
 }
 
-func mustURL(t *testing.T, raw string) triggers.URL {
+func mustURL(t testing.TB, raw string) triggers.URL {
 	t.Helper()
 	u, err := triggers.ParseURL(raw)
 	if err != nil {

@@ -3,26 +3,31 @@ package triggers
 import (
 	"bytes"
 	"context"
-	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/url"
 	"runtime/debug"
+	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 	"github.com/cloudevents/sdk-go/v2/binding"
+	"github.com/cloudevents/sdk-go/v2/event"
 	cehttp "github.com/cloudevents/sdk-go/v2/protocol/http"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	eventingduckv1 "knative.dev/eventing/pkg/apis/duck/v1"
 	kbroker "knative.dev/eventing/pkg/broker"
 	"knative.dev/eventing/pkg/eventfilter"
-	"knative.dev/eventing/pkg/kncloudevents/attributes"
 
 	"github.com/koffeeshop/koffeeshop/broker"
+	"github.com/koffeeshop/koffeeshop/broker/ceheader"
 )
 
 // maxResponseBytes bounds how much of a subscriber's response is read.
@@ -42,31 +47,35 @@ type outcome struct {
 func (d *Dispatcher) handle(ctx context.Context, msg jetstream.Msg) {
 	d.stats.InFlight.Add(1)
 	defer d.stats.InFlight.Add(-1)
+	log := d.log
 	defer func() {
 		// A bug must not take the dispatcher down with every Trigger of
 		// the process; the event stays in the stream for inspection.
 		if p := recover(); p != nil {
-			d.log.Error("delivery panicked, event terminated", "panic", p, "stack", string(debug.Stack()))
-			d.stats.Terminated.Add(1)
-			_ = msg.TermWithReason("dispatcher panic")
+			d.drop(log, DropPanic, "delivery panicked, event terminated", "panic", p, "stack", string(debug.Stack()))
+			d.ackErr(log, "term", msg.TermWithReason("dispatcher panic"))
 		}
 	}()
 
 	meta, err := msg.Metadata()
 	if err != nil {
-		d.log.Error("message without metadata, terminating", "err", err)
-		_ = msg.Term()
+		log = log.With(storedIdentity(msg.Headers())...)
+		d.drop(log, DropUndecodable, "message without metadata, terminated", "err", err)
+		d.ackErr(log, "term", msg.TermWithReason("no metadata"))
 		return
 	}
-	ev, err := broker.Decode(msg.Data())
+	log = log.With("seq", meta.Sequence.Stream)
+	ev, err := broker.Decode(msg.Headers(), msg.Data())
 	if err != nil {
-		d.log.Error("undecodable stored event, terminating", "seq", meta.Sequence.Stream, "err", err)
-		_ = msg.TermWithReason("undecodable event")
+		log = log.With(storedIdentity(msg.Headers())...)
+		d.drop(log, DropUndecodable, "undecodable stored event, terminated", "err", err)
+		d.ackErr(log, "term", msg.TermWithReason("undecodable event"))
 		return
 	}
+	log = log.With("id", ev.ID(), "source", ev.Source(), "type", ev.Type())
 	if d.filter.Filter(ctx, ev) == eventfilter.FailFilter {
 		d.stats.Filtered.Add(1)
-		_ = msg.Ack()
+		d.ackErr(log, "ack", msg.Ack())
 		return
 	}
 
@@ -78,112 +87,250 @@ func (d *Dispatcher) handle(ctx context.Context, msg jetstream.Msg) {
 	_ = kbroker.DeleteTTL(ev.Context)
 
 	attempt := int(meta.NumDelivered)
-	out := d.attempt(ctx, d.cfg.Subscriber, &ev, nil)
-	if out.err == nil && out.reply != nil {
-		_ = kbroker.SetTTL(out.reply.Context, ttl)
-		if _, err := d.pub.Publish(ctx, d.cfg.Broker, out.reply); err != nil {
-			out.err = fmt.Errorf("store reply event: %w", err)
-			out.code = http.StatusBadGateway
-			out.permit = true
-		} else {
-			d.stats.Replies.Add(1)
+	log = log.With("attempt", attempt)
+	key := deadLetterKey(meta.Consumer, meta.Sequence.Stream)
+	var failed *failure
+	if attempt > 1 && d.dead != nil {
+		// A redelivery may be an event whose subscriber is done with it
+		// and whose dead-letter sink refused it: that goes to the sink.
+		if failed, err = d.dead.get(ctx, key); err != nil {
+			log.Warn("could not read the dead-letter state, delivering to the subscriber", "err", err)
 		}
 	}
-	if out.err == nil {
-		d.stats.Delivered.Add(1)
-		_ = msg.Ack()
-		return
+	if failed == nil {
+		out := d.attempt(ctx, d.cfg.Subscriber, &ev, nil)
+		if out.err == nil && out.reply != nil {
+			_ = kbroker.SetTTL(out.reply.Context, ttl)
+			_, err := d.pub.Publish(ctx, d.cfg.Broker, out.reply)
+			switch {
+			case errors.Is(err, broker.ErrTTLExhausted):
+				d.drop(log, DropReplyTTL, "reply not stored: knativebrokerttl is exhausted (an event loop?)",
+					"replyId", out.reply.ID(), "replySource", out.reply.Source(), "replyType", out.reply.Type())
+			case err != nil:
+				out.err = fmt.Errorf("store reply event: %w", err)
+				out.code = http.StatusBadGateway
+				out.permit = true
+			default:
+				d.stats.Replies.Add(1)
+			}
+		}
+		if out.err == nil {
+			d.stats.Delivered.Add(1)
+			d.ackErr(log, "ack", msg.Ack())
+			return
+		}
+		log = log.With("code", out.code)
+		if ctx.Err() != nil {
+			// Stopping: hand the event back for another dispatcher at once.
+			d.ackErr(log, "nak", msg.Nak())
+			return
+		}
+		if out.permit && attempt <= d.policy.Retries {
+			delay := d.policy.Delay(attempt, out.resp)
+			log.Warn("delivery failed, will retry", "err", out.err, "delay", delay)
+			d.stats.Retried.Add(1)
+			d.ackErr(log, "nak", msg.NakWithDelay(delay))
+			return
+		}
+		if d.cfg.DeadLetter == nil {
+			d.drop(log, DropNoDeadLetterSink, "delivery failed for good and there is no dead-letter sink: event dropped", "err", out.err)
+			d.ackErr(log, "term", msg.TermWithReason(fmt.Sprintf("delivery failed: %d", out.code)))
+			return
+		}
+		failed = failureOf(out)
+		log = log.With("err", out.err)
 	}
-
-	log := d.log.With("id", ev.ID(), "source", ev.Source(), "type", ev.Type(), "attempt", attempt, "code", out.code)
 	if ctx.Err() != nil {
-		// Stopping: hand the event back for another dispatcher at once.
-		_ = msg.Nak()
+		d.ackErr(log, "nak", msg.Nak())
 		return
 	}
-	if out.permit && attempt <= d.policy.Retries {
-		delay := d.policy.Delay(attempt, out.resp)
-		log.Warn("delivery failed, will retry", "err", out.err, "delay", delay)
-		d.stats.Retried.Add(1)
-		_ = msg.NakWithDelay(delay)
-		return
-	}
-	if d.cfg.DeadLetter == nil {
-		log.Error("delivery failed for good and there is no dead-letter sink: event dropped", "err", out.err)
-		d.stats.Terminated.Add(1)
-		_ = msg.TermWithReason(fmt.Sprintf("delivery failed: %d", out.code))
-		return
-	}
-	dead := d.attempt(ctx, d.cfg.DeadLetter, &ev, errorTransformers(out))
-	if dead.err != nil {
-		delay := d.policy.Delay(max(attempt, 1), dead.resp)
-		log.Error("dead-letter delivery failed, will retry", "err", dead.err, "dlsCode", dead.code, "delay", delay)
-		_ = msg.NakWithDelay(delay)
-		return
-	}
-	log.Warn("event sent to the dead-letter sink", "err", out.err)
-	d.stats.DeadLettered.Add(1)
-	_ = msg.Ack()
+	d.deadLetter(ctx, log, msg, &ev, key, failed)
 }
 
-// errorTransformers add Knative's knativeerrordest, knativeerrorcode and
-// knativeerrordata (base64 of the response body, at most 1024 characters).
-func errorTransformers(out outcome) binding.Transformers {
-	data := base64.StdEncoding.EncodeToString(out.body)
-	if len(data) > attributes.KnativeErrorDataExtensionMaxLength {
-		data = data[:attributes.KnativeErrorDataExtensionMaxLength]
+// deadLetter sends ev to the dead-letter sink. A refused send is retried
+// at the sink, with the DeliverySpec's backoff, for as long as the event
+// stays in the stream: what the subscriber said is remembered in JetStream
+// before the event is handed back.
+func (d *Dispatcher) deadLetter(ctx context.Context, log *slog.Logger, msg jetstream.Msg, ev *cloudevents.Event, key string, failed *failure) {
+	dead := d.attempt(ctx, d.cfg.DeadLetter, ev, failed.transformers())
+	if dead.err == nil {
+		log.Warn("event sent to the dead-letter sink", "subscriberCode", failed.Code)
+		d.stats.DeadLettered.Add(1)
+		d.ackErr(log, "ack", msg.Ack())
+		if failed.Tries > 0 && d.dead != nil {
+			if err := d.dead.forget(ctx, key); err != nil {
+				log.Warn("dead-letter state left behind (it expires)", "err", err)
+			}
+		}
+		return
 	}
-	dest := url.URL{}
-	if out.dest != nil {
-		dest = *out.dest
+	failed.Tries++
+	delay := d.policy.Delay(failed.Tries, dead.resp)
+	log.Error("dead-letter delivery failed, will retry the dead-letter sink", "dlsErr", dead.err, "dlsCode", dead.code, "tries", failed.Tries, "delay", delay)
+	if d.dead == nil {
+		log.Error("no dead-letter state: the next delivery goes to the subscriber again")
+	} else if err := d.dead.put(ctx, key, failed); err != nil {
+		log.Error("could not remember the dead-letter state: the next delivery goes to the subscriber again", "err", err)
 	}
-	return attributes.KnativeErrorTransformers(dest, out.code, data)
+	d.ackErr(log, "nak", msg.NakWithDelay(delay))
+}
+
+// drop logs and counts an event (or reply) given up for reason.
+func (d *Dispatcher) drop(log *slog.Logger, reason Drop, what string, args ...any) {
+	d.stats.drop(reason)
+	log.Error(what, append([]any{"drop", reason.String()}, args...)...)
+}
+
+// ackErr logs a failed Ack, Nak or Term: JetStream then redelivers the
+// event after AckWait, which is safe but should be seen.
+func (d *Dispatcher) ackErr(log *slog.Logger, op string, err error) {
+	if err != nil {
+		log.Warn("could not "+op+" the message; JetStream will redeliver it", "err", err)
+	}
+}
+
+// storedIdentity is what the headers of an undecodable message tell of it.
+func storedIdentity(h nats.Header) []any {
+	var out []any
+	for _, k := range []string{"id", "source", "type"} {
+		for hk, vs := range h {
+			if len(vs) > 0 && strings.EqualFold(hk, "ce-"+k) {
+				out = append(out, k, vs[0])
+			}
+		}
+	}
+	return out
+}
+
+// fitJSONFormat makes the JSON event format carry e's data as it is: data
+// that a JSON media type announces but is not JSON, and data that is not
+// UTF-8 text, go base64 (data_base64, or datacontentencoding in 0.3), so a
+// structured delivery is valid UTF-8 JSON and decodes to the same bytes.
+// The binary mode writes the data as it is either way.
+func fitJSONFormat(e *cloudevents.Event) {
+	if len(e.DataEncoded) == 0 || e.DataBase64 {
+		return
+	}
+	mt, _, _ := strings.Cut(e.DataContentType(), ";")
+	mt = strings.TrimSpace(mt)
+	ok := utf8.Valid(e.DataEncoded)
+	switch written, read := jsonMediaType(strings.ToLower(mt)), jsonMediaType(mt); {
+	case written != read:
+		// sdk-go writes data as JSON by the media type in lower case but
+		// reads it by the type as written: only base64 reads back the same.
+		ok = false
+	case written:
+		// Embedded as a JSON value: the white space around it would not
+		// survive.
+		ok = ok && json.Valid(e.DataEncoded) && len(bytes.TrimSpace(e.DataEncoded)) == len(e.DataEncoded)
+	}
+	if ok {
+		return
+	}
+	if ec, ok := e.Context.(*event.EventContextV03); ok {
+		enc := event.Base64
+		ec.DataContentEncoding = &enc
+		return
+	}
+	e.DataBase64 = true
+}
+
+// jsonMediaType reports whether sdk-go embeds the data of media type mt as
+// JSON in the JSON event format.
+func jsonMediaType(mt string) bool {
+	switch mt {
+	case "", cloudevents.ApplicationJSON, "text/json", cloudevents.ApplicationCloudEventsJSON, cloudevents.ApplicationCloudEventsBatchJSON:
+		return true
+	}
+	return false
 }
 
 // attempt sends ev once to ep and classifies the response.
 func (d *Dispatcher) attempt(ctx context.Context, ep Endpoint, ev *cloudevents.Event, tr binding.Transformers) outcome {
 	dest, release, err := d.acquire(ctx, ep)
 	if err != nil {
-		return failure(nil, http.StatusServiceUnavailable, nil, nil, fmt.Errorf("no instance of the subscriber became ready: %w", err))
+		return failedAttempt(nil, http.StatusServiceUnavailable, nil, nil, fmt.Errorf("no instance of the subscriber became ready: %w", err))
 	}
 	defer release()
 
 	rctx, cancel := context.WithTimeout(ctx, d.policy.Timeout)
 	defer cancel()
-	if f := d.cfg.Delivery; f != nil && f.Format != nil {
-		switch *f.Format {
-		case eventingduckv1.DeliveryFormatJson:
-			rctx = binding.WithForceStructured(rctx)
-		case eventingduckv1.DeliveryFormatBinary:
-			rctx = binding.WithForceBinary(rctx)
-		}
-	}
-	req, err := http.NewRequestWithContext(rctx, http.MethodPost, dest.String(), nil)
+	req, err := d.request(rctx, dest, ev, tr)
 	if err != nil {
-		return outcome{dest: dest, code: http.StatusInternalServerError, err: fmt.Errorf("build request: %w", err)}
-	}
-	req.Header.Set("Prefer", "reply")
-	if err := cehttp.WriteRequest(rctx, binding.ToMessage(ev), req, tr...); err != nil {
-		return outcome{dest: dest, code: http.StatusInternalServerError, err: fmt.Errorf("encode event: %w", err)}
+		return outcome{dest: dest, code: http.StatusInternalServerError, err: err}
 	}
 	resp, err := d.client.Do(req)
 	if err != nil {
-		return failure(dest, http.StatusInternalServerError, nil, []byte("dispatch error: "+err.Error()), err)
+		return failedAttempt(dest, http.StatusInternalServerError, nil, []byte("dispatch error: "+err.Error()), err)
 	}
 	body, err := io.ReadAll(io.LimitReader(resp.Body, maxResponseBytes))
 	resp.Body.Close()
 	if err != nil {
-		return failure(dest, http.StatusInternalServerError, nil, []byte("read response: "+err.Error()), fmt.Errorf("read response: %w", err))
+		return failedAttempt(dest, http.StatusInternalServerError, nil, []byte("read response: "+err.Error()), fmt.Errorf("read response: %w", err))
 	}
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
-		return failure(dest, resp.StatusCode, resp, body, fmt.Errorf("subscriber answered %d", resp.StatusCode))
+		return failedAttempt(dest, resp.StatusCode, resp, body, fmt.Errorf("subscriber answered %d", resp.StatusCode))
+	}
+	if resp.StatusCode == http.StatusAccepted {
+		// Accepted for later: the body is not a reply.
+		return outcome{dest: dest, code: resp.StatusCode, resp: resp, body: body}
 	}
 	reply, err := parseReply(rctx, resp.Header, body)
 	if err != nil {
 		// Knative's broker answers 502 for a 2xx whose body is not an event.
-		return failure(dest, http.StatusBadGateway, resp, body, err)
+		return failedAttempt(dest, http.StatusBadGateway, resp, body, err)
 	}
 	return outcome{dest: dest, code: resp.StatusCode, resp: resp, body: body, reply: reply}
+}
+
+// request is the POST of ev to dest, in the Trigger's delivery format:
+// binary mode unless spec.delivery.format is json. Attribute headers go out
+// percent-encoded (binding §3.1.3.2).
+func (d *Dispatcher) request(ctx context.Context, dest *url.URL, ev *cloudevents.Event, tr binding.Transformers) (*http.Request, error) {
+	if f := d.cfg.Delivery; f != nil && f.Format != nil && *f.Format == eventingduckv1.DeliveryFormatJson {
+		body, err := structured(ctx, ev, tr)
+		if err != nil {
+			return nil, err
+		}
+		req, err := http.NewRequestWithContext(ctx, http.MethodPost, dest.String(), bytes.NewReader(body))
+		if err != nil {
+			return nil, fmt.Errorf("build request: %w", err)
+		}
+		req.Header.Set("Content-Type", cloudevents.ApplicationCloudEventsJSON)
+		req.Header.Set("Prefer", "reply")
+		return req, nil
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, dest.String(), nil)
+	if err != nil {
+		return nil, fmt.Errorf("build request: %w", err)
+	}
+	req.Header.Set("Prefer", "reply")
+	if err := cehttp.WriteRequest(ctx, binding.ToMessage(ev), req, tr...); err != nil {
+		return nil, fmt.Errorf("encode event: %w", err)
+	}
+	ceheader.EncodeHTTP(req.Header)
+	return req, nil
+}
+
+// structured is ev in the JSON event format, with tr applied to a copy.
+// It writes the format itself rather than through encoding/json, which
+// would re-indent JSON data and escape its HTML characters: the data stays
+// byte for byte as it was sent.
+func structured(ctx context.Context, ev *cloudevents.Event, tr binding.Transformers) ([]byte, error) {
+	if len(tr) > 0 {
+		c := ev.Clone()
+		out, err := binding.ToEvent(ctx, binding.ToMessage(&c), tr...)
+		if err != nil {
+			return nil, fmt.Errorf("encode event: %w", err)
+		}
+		ev = out
+	}
+	fitJSONFormat(ev)
+	var b bytes.Buffer
+	if err := event.WriteJson(ev, &b); err != nil {
+		return nil, fmt.Errorf("encode event: %w", err)
+	}
+	return b.Bytes(), nil
 }
 
 // acquire gets an instance of ep, waiting at most AcquireTimeout. A fixed
@@ -197,9 +344,9 @@ func (d *Dispatcher) acquire(ctx context.Context, ep Endpoint) (*url.URL, func()
 	return ep.Acquire(ctx)
 }
 
-// failure is a failed attempt with the status it counts as; a transport
+// failedAttempt is a failed attempt with the status it counts as; a transport
 // error (no response at all) counts as 500, as Knative reports it.
-func failure(dest *url.URL, code int, resp *http.Response, body []byte, err error) outcome {
+func failedAttempt(dest *url.URL, code int, resp *http.Response, body []byte, err error) outcome {
 	o := outcome{dest: dest, code: code, resp: resp, body: body, err: err}
 	if resp == nil && code == http.StatusInternalServerError {
 		o.permit = retryable(nil, err)
@@ -212,6 +359,9 @@ func failure(dest *url.URL, code int, resp *http.Response, body []byte, err erro
 // parseReply reads a reply event from a 2xx response: none for an empty
 // body, an error for a body that is not a valid CloudEvent.
 func parseReply(ctx context.Context, h http.Header, body []byte) (*cloudevents.Event, error) {
+	if err := ceheader.DecodeHTTP(h); err != nil {
+		return nil, fmt.Errorf("invalid reply event: %w", err)
+	}
 	msg := cehttp.NewMessage(h, io.NopCloser(bytes.NewReader(body)))
 	if msg.ReadEncoding() == binding.EncodingUnknown {
 		if len(bytes.TrimSpace(body)) == 0 {
@@ -223,7 +373,7 @@ func parseReply(ctx context.Context, h http.Header, body []byte) (*cloudevents.E
 	if err != nil {
 		return nil, fmt.Errorf("invalid reply event: %w", err)
 	}
-	if err := ev.Validate(); err != nil {
+	if err := broker.Validate(ev); err != nil {
 		return nil, fmt.Errorf("invalid reply event: %w", err)
 	}
 	return ev, nil

@@ -53,6 +53,7 @@ type Dispatcher struct {
 	client *http.Client
 	filter eventfilter.Filter
 	policy Policy
+	dead   *deadLetters // nil without a dead-letter sink
 	log    *slog.Logger
 	stats  *Stats
 }
@@ -90,6 +91,17 @@ func New(ctx context.Context, js jetstream.JetStream, pub broker.Publisher, clie
 	if err != nil {
 		return nil, fmt.Errorf("trigger %s/%s: filters: %w", t.Namespace, t.Name, err)
 	}
+	var dead *deadLetters
+	if cfg.DeadLetter != nil {
+		// The state of an event lives as long as the event can.
+		st, err := js.Stream(ctx, cfg.Broker.StreamName())
+		if err != nil {
+			return nil, fmt.Errorf("trigger %s/%s: stream: %w", t.Namespace, t.Name, err)
+		}
+		if dead, err = openDeadLetters(ctx, js, st.CachedInfo().Config.MaxAge); err != nil {
+			return nil, fmt.Errorf("trigger %s/%s: %w", t.Namespace, t.Name, err)
+		}
+	}
 	return &Dispatcher{
 		cfg:    cfg,
 		name:   t.Namespace + "/" + t.Name,
@@ -98,6 +110,7 @@ func New(ctx context.Context, js jetstream.JetStream, pub broker.Publisher, clie
 		client: client,
 		filter: filter,
 		policy: policy,
+		dead:   dead,
 		log:    log.With("trigger", t.Namespace+"/"+t.Name),
 		stats:  &Stats{},
 	}, nil

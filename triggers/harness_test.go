@@ -51,13 +51,13 @@ func TestMain(m *testing.M) {
 var brokerSeq atomic.Int64
 
 type harness struct {
-	t     *testing.T
+	t     testing.TB
 	js    jetstream.JetStream
 	store *broker.Store
 	ref   broker.Ref
 }
 
-func newHarness(t *testing.T) *harness {
+func newHarness(t testing.TB) *harness {
 	t.Helper()
 	nc, err := nats.Connect(natsURL)
 	if err != nil {
@@ -160,7 +160,7 @@ func (h *harness) stored() []cloudevents.Event {
 		if err != nil {
 			h.t.Fatal(err)
 		}
-		ev, err := broker.Decode(m.Data)
+		ev, err := broker.Decode(m.Header, m.Data)
 		if err != nil {
 			h.t.Fatal(err)
 		}

@@ -15,11 +15,14 @@ type Collector struct {
 
 var (
 	eventsDesc = prometheus.NewDesc("koffeeshop_trigger_events_total",
-		"Events a Trigger's dispatcher finished with, by result: delivered, filtered, retried (an attempt failed and was scheduled again), dead_lettered, terminated (failed for good without a dead-letter sink).",
+		"Events a Trigger's dispatcher finished with, by result: delivered, filtered, retried (an attempt failed and was scheduled again), dead_lettered, terminated (given up for good: see koffeeshop_trigger_dropped_total for why).",
 		[]string{"trigger", "result"}, nil)
 	repliesDesc = prometheus.NewDesc("koffeeshop_trigger_replies_total",
 		"Reply events a Trigger's subscriber returned and the broker stored.",
 		[]string{"trigger"}, nil)
+	droppedDesc = prometheus.NewDesc("koffeeshop_trigger_dropped_total",
+		"Events (or replies) a Trigger's dispatcher gave up, by reason: undecodable, panic, no_dead_letter_sink, reply_ttl_exhausted. Each is also logged with its id and source.",
+		[]string{"trigger", "reason"}, nil)
 	inFlightDesc = prometheus.NewDesc("koffeeshop_trigger_in_flight",
 		"Deliveries a Trigger's dispatcher has under way.",
 		[]string{"trigger"}, nil)
@@ -36,6 +39,7 @@ func (c *Collector) Add(d *Dispatcher) {
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- eventsDesc
 	ch <- repliesDesc
+	ch <- droppedDesc
 	ch <- inFlightDesc
 }
 
@@ -59,6 +63,9 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(eventsDesc, prometheus.CounterValue, float64(r.v), d.name, r.name)
 		}
 		ch <- prometheus.MustNewConstMetric(repliesDesc, prometheus.CounterValue, float64(s.Replies.Load()), d.name)
+		for reason, n := range s.Drops() {
+			ch <- prometheus.MustNewConstMetric(droppedDesc, prometheus.CounterValue, float64(n), d.name, reason)
+		}
 		ch <- prometheus.MustNewConstMetric(inFlightDesc, prometheus.GaugeValue, float64(s.InFlight.Load()), d.name)
 	}
 }

@@ -54,6 +54,7 @@ func NewController(ctx context.Context, consumers Consumers, o Options) *control
 	impl := triggerreconciler.NewImpl(ctx, r, func(*controller.Impl) controller.Options {
 		return controller.Options{
 			FinalizerName:     FinalizerName,
+			AgentName:         "koffeeshop-trigger-controller",
 			PromoteFilterFunc: filter,
 		}
 	})
