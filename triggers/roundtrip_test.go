@@ -357,7 +357,7 @@ func randomInput(r *rand.Rand, n int) input {
 		in.subject = str(1, 20)
 	}
 	if r.IntN(3) == 0 {
-		in.time = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC).Add(time.Duration(r.Int64N(int64(365*24*time.Hour)))).Format(time.RFC3339Nano)
+		in.time = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC).Add(time.Duration(r.Int64N(int64(365 * 24 * time.Hour)))).Format(time.RFC3339Nano)
 	}
 	for i := range r.IntN(3) {
 		in.ext[fmt.Sprintf("ext%d", i)] = str(0, 40)
