@@ -24,6 +24,8 @@ import (
 	"github.com/cloudevents/sdk-go/v2/binding"
 	"github.com/cloudevents/sdk-go/v2/protocol"
 	cehttp "github.com/cloudevents/sdk-go/v2/protocol/http"
+
+	"github.com/koffeeshop/koffeeshop/broker/ceheader"
 )
 
 // Handler handles one CloudEvent and returns the reply event, or nil for no
@@ -239,8 +241,12 @@ func (s *Server) receive(w http.ResponseWriter, r *http.Request, h Handler) {
 		return
 	}
 
-	msg := cehttp.NewMessage(r.Header, io.NopCloser(bytes.NewReader(body)))
-	event, err := binding.ToEvent(r.Context(), msg)
+	// Binding §3.1.3.2: attribute headers arrive percent-encoded.
+	err = ceheader.DecodeHTTP(r.Header)
+	var event *cloudevents.Event
+	if err == nil {
+		event, err = binding.ToEvent(r.Context(), cehttp.NewMessage(r.Header, io.NopCloser(bytes.NewReader(body))))
+	}
 	if err == nil {
 		err = event.Validate()
 	}
@@ -265,9 +271,18 @@ func (s *Server) receive(w http.ResponseWriter, r *http.Request, h Handler) {
 		w.WriteHeader(http.StatusOK)
 		return
 	}
-	if err := cehttp.WriteResponseWriter(r.Context(), binding.ToMessage(reply), http.StatusOK, w); err != nil {
+	if err := cehttp.WriteResponseWriter(r.Context(), binding.ToMessage(reply), http.StatusOK, encodingWriter{w}); err != nil {
 		s.log.Error("write reply", "err", err)
 	}
+}
+
+// encodingWriter percent-encodes the reply's attribute headers (binding
+// §3.1.3.2) as the status line goes out.
+type encodingWriter struct{ http.ResponseWriter }
+
+func (e encodingWriter) WriteHeader(code int) {
+	ceheader.EncodeHTTP(e.Header())
+	e.ResponseWriter.WriteHeader(code)
 }
 
 func (s *Server) readiness(w http.ResponseWriter, _ *http.Request) {

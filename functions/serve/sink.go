@@ -13,6 +13,8 @@ import (
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 	"github.com/cloudevents/sdk-go/v2/protocol"
 	cehttp "github.com/cloudevents/sdk-go/v2/protocol/http"
+
+	"github.com/koffeeshop/koffeeshop/broker/ceheader"
 )
 
 // EnvSink is where a function sends events that are not replies: Knative's
@@ -43,7 +45,7 @@ func (e *SendError) Unwrap() error { return e.Err }
 
 // NewSink returns a Sink sending to the http(s) URL target, each send
 // bounded by timeout (DefaultSinkTimeout when 0).
-func NewSink(target string, timeout time.Duration) (*Sink, error) {
+func NewSink(target string, timeout time.Duration, opts ...cehttp.Option) (*Sink, error) {
 	u, err := url.Parse(target)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		return nil, fmt.Errorf("sink %q is not an http(s) URL", target)
@@ -60,7 +62,8 @@ func NewSink(target string, timeout time.Duration) (*Sink, error) {
 		MaxIdleConnsPerHost: 256,
 		IdleConnTimeout:     90 * time.Second,
 	}
-	p, err := cehttp.New(cehttp.WithTarget(u.String()), cehttp.WithClient(http.Client{Transport: drainOnClose{transport}}))
+	opts = append([]cehttp.Option{cehttp.WithTarget(u.String()), cehttp.WithClient(http.Client{Transport: drainOnClose{transport}})}, opts...)
+	p, err := cehttp.New(opts...)
 	if err != nil {
 		return nil, fmt.Errorf("sink %s: %w", target, err)
 	}
@@ -73,13 +76,21 @@ func NewSink(target string, timeout time.Duration) (*Sink, error) {
 	return &Sink{target: u.String(), timeout: timeout, client: c}, nil
 }
 
+// EnvSinkToken, when set, is the bearer token the sink requires (the
+// local runner's -token).
+const EnvSinkToken = "KOFFEESHOP_SINK_TOKEN"
+
 // SinkFromEnv returns the Sink named by K_SINK, or nil when it is unset.
 func SinkFromEnv(getenv func(string) string, timeout time.Duration) (*Sink, error) {
 	v := getenv(EnvSink)
 	if v == "" {
 		return nil, nil
 	}
-	s, err := NewSink(v, timeout)
+	var opts []cehttp.Option
+	if tok := getenv(EnvSinkToken); tok != "" {
+		opts = append(opts, cehttp.WithHeader("Authorization", "Bearer "+tok))
+	}
+	s, err := NewSink(v, timeout, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", EnvSink, err)
 	}
@@ -105,12 +116,17 @@ func (s *Sink) Send(ctx context.Context, e cloudevents.Event) error {
 	return &SendError{Err: fmt.Errorf("send %s %s to sink: %w", e.Type(), e.ID(), res)}
 }
 
-// drainOnClose makes closing a response body read what is left of it first
+// drainOnClose percent-encodes the attribute headers of each request, and
+// makes closing a response body read what is left of it first
 // (up to 64 KiB): the sdk closes a 2xx answer unread, and net/http only
 // reuses a connection whose last body was read to the end.
 type drainOnClose struct{ rt http.RoundTripper }
 
 func (d drainOnClose) RoundTrip(req *http.Request) (*http.Response, error) {
+	// Binding §3.1.3.2: attribute headers go out percent-encoded; a
+	// RoundTripper must not change the caller's request, so on a copy.
+	req = req.Clone(req.Context())
+	ceheader.EncodeHTTP(req.Header)
 	resp, err := d.rt.RoundTrip(req)
 	if err == nil && resp.Body != nil && resp.Body != http.NoBody {
 		resp.Body = drainingBody{resp.Body}
