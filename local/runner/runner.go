@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
@@ -33,6 +34,7 @@ import (
 
 	"github.com/koffeeshop/koffeeshop/broker"
 	"github.com/koffeeshop/koffeeshop/config"
+	"github.com/koffeeshop/koffeeshop/functions/serve"
 	"github.com/koffeeshop/koffeeshop/local/board"
 	"github.com/koffeeshop/koffeeshop/local/natsd"
 	"github.com/koffeeshop/koffeeshop/local/supervisor"
@@ -103,6 +105,7 @@ type Runner struct {
 	pools   map[string]*supervisor.Pool // by namespace/name
 	disps   []*triggers.Dispatcher
 	feeds   map[string][]*triggers.Dispatcher // the Triggers delivering to each pool
+	sinks   map[string]bool                   // Services run only as dead-letter sinks, by namespace/name
 	metrics *prometheus.Registry
 	board   *board.Board
 	client  *http.Client
@@ -131,6 +134,7 @@ func New(ctx context.Context, opts Options, log *slog.Logger) (_ *Runner, err er
 	if r.set, err = loadConfig(ctx, opts.ConfigDirs); err != nil {
 		return nil, err
 	}
+	r.sinks = r.deadLetterServices()
 	if err = r.connect(); err != nil {
 		return nil, err
 	}
@@ -251,7 +255,7 @@ func (r *Runner) buildPools() error {
 	}, []string{"service"})
 	r.metrics.MustRegister(coldStarts, poolCollector{r})
 	for _, svc := range r.set.Services {
-		if !r.runs(svc.Name) {
+		if !r.runs(svc.Name) && !r.sinks[svc.Namespace+"/"+svc.Name] {
 			continue
 		}
 		spec, err := r.poolSpec(svc)
@@ -278,6 +282,35 @@ func (r *Runner) buildPools() error {
 // runs reports whether this runner runs the Service.
 func (r *Runner) runs(service string) bool {
 	return len(r.opts.Only) == 0 || slices.Contains(r.opts.Only, service)
+}
+
+// deadLetterServices are the Services this runner runs only because a
+// Trigger it runs dead-letters to them (with -only): a dead letter can only
+// go to an instance of this runner. Without a Trigger of their own they
+// stay at zero until a dead letter comes.
+func (r *Runner) deadLetterServices() map[string]bool {
+	out := map[string]bool{}
+	if len(r.opts.Only) == 0 {
+		return out
+	}
+	for _, t := range r.set.Triggers {
+		if ref := t.Spec.Subscriber.Ref; ref == nil || !r.runs(ref.Name) {
+			continue
+		}
+		d := triggers.EffectiveDelivery(t, r.set.Broker(t.Namespace, config.TriggerBroker(t)))
+		if d == nil || d.DeadLetterSink == nil || d.DeadLetterSink.Ref == nil {
+			continue
+		}
+		ref := d.DeadLetterSink.Ref
+		ns := ref.Namespace
+		if ns == "" {
+			ns = t.Namespace
+		}
+		if !r.runs(ref.Name) {
+			out[ns+"/"+ref.Name] = true
+		}
+	}
+	return out
 }
 
 // backlog is what waits in JetStream for a Service: the events pending or
@@ -312,6 +345,9 @@ func (r *Runner) poolSpec(svc *servingv1.Service) (supervisor.Spec, error) {
 	// K_SINK, as Knative's SinkBinding sets it: where a function sends
 	// events that are not replies.
 	env = append(env, "K_SINK="+r.IngressURL()+"/"+r.sinkBroker(svc.Namespace))
+	if r.opts.IngressToken != "" {
+		env = append(env, serve.EnvSinkToken+"="+r.opts.IngressToken)
+	}
 	env = append(env, r.opts.Env[svc.Name]...)
 	spec := supervisor.Spec{
 		Namespace:   svc.Namespace,
@@ -385,6 +421,9 @@ func (r *Runner) buildDispatchers(ctx context.Context) error {
 		}
 		r.disps = append(r.disps, d)
 		r.tcoll.Add(d)
+		if a, ok := sub.(atPath); ok {
+			sub = a.pool
+		}
 		if p, ok := sub.(*supervisor.Pool); ok {
 			key := t.Namespace + "/" + p.Name()
 			r.feeds[key] = append(r.feeds[key], d)
@@ -403,6 +442,11 @@ func (r *Runner) endpoint(ns string, d duckv1.Destination) (triggers.Endpoint, e
 		p, ok := r.pools[refNS+"/"+d.Ref.Name]
 		if !ok {
 			return nil, fmt.Errorf("Service %s/%s is not in config", refNS, d.Ref.Name)
+		}
+		if d.URI != nil {
+			// Knative resolves a ref with a (relative) uri to the uri
+			// resolved against the ref's address, e.g. notify + /dead-letter.
+			return atPath{pool: p, rel: d.URI.URL()}, nil
 		}
 		return p, nil
 	}
@@ -532,4 +576,21 @@ func (r *Runner) close() {
 	if r.natsSrv != nil {
 		r.natsSrv.Shutdown()
 	}
+}
+
+// atPath reaches a Service's instances at a relative URI, as Knative
+// resolves a Destination with both a ref and a uri.
+type atPath struct {
+	pool *supervisor.Pool
+	rel  *url.URL
+}
+
+// Acquire returns an instance's URL with the relative URI resolved
+// against it.
+func (a atPath) Acquire(ctx context.Context) (*url.URL, func(), error) {
+	u, release, err := a.pool.Acquire(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	return u.ResolveReference(a.rel), release, nil
 }

@@ -261,8 +261,15 @@ func TestTwoRunnersShareDurableConsumers(t *testing.T) {
 	env := map[string][]string{"prepare-beverage": {"BREW_TIME=150ms"}}
 	a := startShopWith(t, shopOptions{configDir: cfg, natsURL: url, name: "a", env: env})
 	b := startShopWith(t, shopOptions{configDir: cfg, natsURL: url, name: "b", env: env, only: []string{"prepare-beverage"}, collector: a.collector})
-	if len(b.Status().Functions) != 1 || b.Status().Functions[0].Service != "prepare-beverage" {
-		t.Fatalf("runner b runs %+v, want prepare-beverage only", b.Status().Functions)
+	// Besides prepare-beverage, b runs notify, the dead-letter sink of the
+	// prepare-beverage Trigger, with no Trigger of its own.
+	if fs := b.Status().Functions; len(fs) != 2 || fs[0].Service != "notify" || fs[1].Service != "prepare-beverage" {
+		t.Fatalf("runner b runs %+v, want prepare-beverage and its dead-letter sink notify", fs)
+	}
+	for _, tr := range b.Status().Triggers {
+		if tr.Name != "default/prepare-beverage" {
+			t.Errorf("runner b runs the Trigger %s", tr.Name)
+		}
 	}
 	const orders = 60
 	placeOrders(t, a, "shared", orders)
