@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"strings"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	eventingv1 "knative.dev/eventing/pkg/apis/eventing/v1"
@@ -42,7 +43,12 @@ func (r *Runner) buildBoard(ctx context.Context, mux *http.ServeMux) error {
 	if fe := t.Validate(ctx); fe != nil {
 		return fmt.Errorf("board trigger: %w", fe)
 	}
-	d, err := triggers.New(ctx, r.js, r.store, r.client, triggers.Config{
+	client := r.client
+	if r.opts.IngressToken != "" {
+		// The feed is a route that writes: it takes the token too.
+		client = &http.Client{Transport: bearer{token: r.opts.IngressToken, next: r.client.Transport}}
+	}
+	d, err := triggers.New(ctx, r.js, r.store, client, triggers.Config{
 		Trigger:     t,
 		Broker:      ref,
 		Delivery:    triggers.EffectiveDelivery(t, b),
@@ -78,9 +84,28 @@ func (r *Runner) buildBoard(ctx context.Context, mux *http.ServeMux) error {
 		Log: r.log.With("component", "board"),
 	})
 	for _, pattern := range board.Routes() {
-		mux.Handle(pattern, r.board)
+		var h http.Handler = r.board
+		if r.opts.IngressToken != "" && strings.HasPrefix(pattern, http.MethodPost+" ") {
+			// Placing an order, killing an instance and the feed write
+			// or act: with a token they need it, like the ingress. The
+			// page and its event stream only read.
+			h = broker.RequireBearer(r.opts.IngressToken, h)
+		}
+		mux.Handle(pattern, h)
 	}
 	return nil
+}
+
+// bearer adds the ingress token to every request it carries.
+type bearer struct {
+	token string
+	next  http.RoundTripper
+}
+
+func (b bearer) RoundTrip(req *http.Request) (*http.Response, error) {
+	req = req.Clone(req.Context())
+	req.Header.Set("Authorization", "Bearer "+b.token)
+	return b.next.RoundTrip(req)
 }
 
 // BoardURL is the address of the web board.

@@ -497,4 +497,38 @@ func TestIngressTokenIsRequiredWhenSet(t *testing.T) {
 			t.Fatal("the unauthenticated order was stored")
 		}
 	}
+	// The functions' K_SINK sends carry the token: prepare-beverage's
+	// progress event got in.
+	s.collector.waitFor(t, "com.koffeeshop.beverage.preparing", 1, 30*time.Second)
+
+	// Every route that writes or acts needs the token; reading does not.
+	base := s.IngressURL()
+	for _, path := range []string{"/_board/orders", "/_board/kill?service=prepare-beverage", "/_board/feed"} {
+		req, _ := http.NewRequest(http.MethodPost, base+path, strings.NewReader(`{"customer":"eve","beverage":"latte"}`))
+		if resp := do(t, req); resp.StatusCode != http.StatusUnauthorized {
+			t.Errorf("POST %s without the token: %d, want 401", path, resp.StatusCode)
+		}
+	}
+	for _, path := range []string{"/", "/status"} {
+		req, _ := http.NewRequest(http.MethodGet, base+path, nil)
+		if resp := do(t, req); resp.StatusCode != http.StatusOK {
+			t.Errorf("GET %s without the token: %d, want 200", path, resp.StatusCode)
+		}
+	}
+	req, _ = http.NewRequest(http.MethodPost, base+"/_board/orders", strings.NewReader(`{"customer":"bob","beverage":"latte","via":"broker"}`))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", "Bearer s3cret")
+	if resp := do(t, req); resp.StatusCode != http.StatusAccepted {
+		body, _ := io.ReadAll(resp.Body)
+		t.Fatalf("board order with the token: %d %s", resp.StatusCode, body)
+	}
+	// The board's feed Trigger authenticates too: both orders reach
+	// notified on the board.
+	deadline := time.Now().Add(30 * time.Second)
+	for s.Status().Orders["notified"] < 2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("board stages %v, want 2 notified", s.Status().Orders)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }

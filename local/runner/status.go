@@ -14,6 +14,9 @@ import (
 type Status struct {
 	Functions []supervisor.Status `json:"functions"`
 	Triggers  []TriggerStatus     `json:"triggers"`
+	// Orders counts the board's orders by stage (failed: dead-lettered
+	// and told to the customer); absent without a board.
+	Orders map[string]int `json:"orders,omitempty"`
 }
 
 // TriggerStatus counts what a Trigger's dispatcher did.
@@ -24,7 +27,11 @@ type TriggerStatus struct {
 	Retried      int64  `json:"retried"`
 	DeadLettered int64  `json:"deadLettered"`
 	Terminated   int64  `json:"terminated"`
-	InFlight     int64  `json:"inFlight"`
+	// Dropped counts what was given up, by reason: undecodable, panic,
+	// no_dead_letter_sink, reply_ttl_exhausted. Each is logged with the
+	// event's id and source.
+	Dropped  map[string]int64 `json:"dropped"`
+	InFlight int64            `json:"inFlight"`
 }
 
 // Status returns a snapshot of every function and Trigger.
@@ -38,8 +45,11 @@ func (r *Runner) Status() Status {
 		st := d.Stats()
 		s.Triggers = append(s.Triggers, TriggerStatus{
 			Name: d.Name(), Delivered: st.Delivered.Load(), Filtered: st.Filtered.Load(), Retried: st.Retried.Load(),
-			DeadLettered: st.DeadLettered.Load(), Terminated: st.Terminated.Load(), InFlight: st.InFlight.Load(),
+			DeadLettered: st.DeadLettered.Load(), Terminated: st.Terminated.Load(), Dropped: st.Drops(), InFlight: st.InFlight.Load(),
 		})
+	}
+	if r.board != nil {
+		s.Orders = r.board.Counts()
 	}
 	return s
 }

@@ -6,6 +6,26 @@
   const panel = document.getElementById("fn-panel");
   let via = "broker";
 
+  // With -token, the routes that write or act need the ingress token: on a
+  // 401 the page asks for it once and keeps it for this tab.
+  async function authFetch(url, opts) {
+    const send = function () {
+      const headers = Object.assign({}, opts.headers || {});
+      const token = sessionStorage.getItem("koffeeshop-token");
+      if (token) headers["Authorization"] = "Bearer " + token;
+      return fetch(url, Object.assign({}, opts, { headers: headers }));
+    };
+    let resp = await send();
+    if (resp.status === 401) {
+      const token = window.prompt("This shop needs its ingress token (-token):");
+      if (token) {
+        sessionStorage.setItem("koffeeshop-token", token.trim());
+        resp = await send();
+      }
+    }
+    return resp;
+  }
+
   document.querySelectorAll("#order-form button").forEach(function (b) {
     b.addEventListener("click", function () { via = b.value; });
   });
@@ -16,7 +36,11 @@
     const body = { customer: document.getElementById("customer").value, beverage: document.getElementById("beverage").value, via: via };
     out.textContent = "Sending…";
     try {
-      const resp = await fetch("/_board/orders", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
+      const resp = await authFetch("/_board/orders", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
+      if (resp.status === 401) {
+        out.textContent = "Failed (401): this shop needs its ingress token";
+        return;
+      }
       const r = await resp.json();
       if (r.error) {
         out.textContent = "Failed (" + r.status + "): " + r.error;
@@ -34,7 +58,7 @@
 
   document.getElementById("kill-barista").addEventListener("click", async function () {
     const out = document.getElementById("kill-result");
-    const resp = await fetch("/_board/kill?service=prepare-beverage", { method: "POST" });
+    const resp = await authFetch("/_board/kill?service=prepare-beverage", { method: "POST" });
     out.textContent = resp.ok ? "Killed " + (await resp.json()).killed + ": its orders will be redelivered" : "Nothing to kill: " + (await resp.text());
   });
 
