@@ -34,6 +34,7 @@ func NewController(ctx context.Context, streams Streams, o Options) *controller.
 	impl := brokerreconciler.NewImpl(ctx, r, ClassName, func(*controller.Impl) controller.Options {
 		return controller.Options{
 			FinalizerName: FinalizerName,
+			AgentName:     "koffeeshop-broker-controller",
 			// On promotion to leader, requeue only our Brokers.
 			PromoteFilterFunc: classFilter,
 		}
