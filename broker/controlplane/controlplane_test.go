@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -14,6 +15,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrs "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/client-go/rest"
 	eventingv1 "knative.dev/eventing/pkg/apis/eventing/v1"
 	fakeeventingclient "knative.dev/eventing/pkg/client/injection/client/fake"
@@ -24,7 +26,7 @@ import (
 	_ "knative.dev/pkg/client/injection/ducks/duck/v1/addressable/fake"
 	fakekubeclient "knative.dev/pkg/client/injection/kube/client/fake"
 	_ "knative.dev/pkg/client/injection/kube/informers/core/v1/configmap/fake"
-	_ "knative.dev/pkg/injection/clients/dynamicclient/fake"
+	fakedynamicclient "knative.dev/pkg/injection/clients/dynamicclient/fake"
 	"knative.dev/pkg/logging"
 	logtesting "knative.dev/pkg/logging/testing"
 	rt "knative.dev/pkg/reconciler/testing"
@@ -34,9 +36,17 @@ import (
 	brokerreconciler "github.com/koffeeshop/koffeeshop/broker/reconciler"
 	"github.com/koffeeshop/koffeeshop/local/natsd"
 	"github.com/koffeeshop/koffeeshop/triggers"
+	triggerreconciler "github.com/koffeeshop/koffeeshop/triggers/reconciler"
 )
 
 const ns = "coffee"
+
+func TestMain(m *testing.M) {
+	// Service host names end in the cluster domain, which Knative reads
+	// from /etc/resolv.conf unless CLUSTER_DOMAIN says it.
+	os.Setenv("CLUSTER_DOMAIN", "cluster.local")
+	os.Exit(m.Run())
+}
 
 // The control plane end to end: both controllers, leader election and
 // injection on Knative's fake clients, against a real JetStream. Brokers
@@ -139,6 +149,64 @@ func TestRun(t *testing.T) {
 	}
 	if len(theirTrigger.Finalizers) != 0 || len(theirTrigger.Status.Conditions) != 0 {
 		t.Errorf("a Trigger on another class's Broker was touched: finalizers %v, conditions %v", theirTrigger.Finalizers, theirTrigger.Status.Conditions)
+	}
+
+	// A Broker whose ConfigMap comes later, and a Trigger whose subscriber
+	// comes later: the trackers reconcile them again when those appear.
+	mustCreate(t, func() error {
+		_, err := ev.EventingV1().Brokers(ns).Create(ctx, newBroker("late", brokerreconciler.ClassName, "late-stream"), metav1.CreateOptions{})
+		return err
+	})
+	eventually(t, "Broker coffee/late ConfigMapNotFound", func() error {
+		return condition(ev.EventingV1().Brokers(ns).Get(ctx, "late", metav1.GetOptions{}))(
+			brokerreconciler.ConditionConfigParsed, corev1.ConditionFalse, brokerreconciler.ReasonConfigMapNotFound)
+	})
+	mustCreate(t, func() error {
+		_, err := kube.CoreV1().ConfigMaps(ns).Create(ctx, &corev1.ConfigMap{
+			ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "late-stream"},
+		}, metav1.CreateOptions{})
+		return err
+	})
+	eventually(t, "Broker coffee/late Ready once its ConfigMap exists", func() error {
+		return ready(ev.EventingV1().Brokers(ns).Get(ctx, "late", metav1.GetOptions{}))
+	})
+
+	late := newTrigger("late-subscriber", "orders")
+	late.Spec.Subscriber = duckv1.Destination{Ref: &duckv1.KReference{APIVersion: "v1", Kind: "Service", Name: "prepare-beverage"}}
+	mustCreate(t, func() error {
+		_, err := ev.EventingV1().Triggers(ns).Create(ctx, late, metav1.CreateOptions{})
+		return err
+	})
+	eventually(t, "Trigger coffee/late-subscriber SubscriberResolveFailed", func() error {
+		return condition(ev.EventingV1().Triggers(ns).Get(ctx, "late-subscriber", metav1.GetOptions{}))(
+			eventingv1.TriggerConditionSubscriberResolved, corev1.ConditionFalse, triggerreconciler.ReasonSubscriberResolveFailed)
+	})
+	// The resolver watches Services through the dynamic client.
+	services := fakedynamicclient.Get(ctx).Resource(corev1.SchemeGroupVersion.WithResource("services")).Namespace(ns)
+	svc := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "v1", "kind": "Service",
+		"metadata": map[string]any{"namespace": ns, "name": "prepare-beverage"},
+	}}
+	if _, err := services.Create(ctx, svc, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	touched := time.Now()
+	eventually(t, "Trigger coffee/late-subscriber Ready once its Service exists", func() error {
+		err := ready(ev.EventingV1().Triggers(ns).Get(ctx, "late-subscriber", metav1.GetOptions{}))
+		if err != nil && time.Since(touched) > 5*time.Second {
+			// A fake watch can miss an event that lands between its
+			// informer's list and watch; a real one does not. Change the
+			// Service again rather than flake.
+			touched = time.Now()
+			svc.SetLabels(map[string]string{"touched": touched.Format("150405.000")})
+			if _, uerr := services.Update(ctx, svc, metav1.UpdateOptions{}); uerr != nil {
+				t.Fatal(uerr)
+			}
+		}
+		return err
+	})
+	if got, _ := ev.EventingV1().Triggers(ns).Get(ctx, "late-subscriber", metav1.GetOptions{}); got.Status.SubscriberURI.String() != "http://prepare-beverage.coffee.svc.cluster.local" {
+		t.Errorf("subscriberUri = %s", got.Status.SubscriberURI)
 	}
 
 	// Deleting: the fake API server keeps an object whose finalizers are
@@ -349,6 +417,20 @@ func ready[T readyish](obj T, err error) error {
 		return fmt.Errorf("not Ready: %+v", s.Conditions)
 	}
 	return nil
+}
+
+// condition says why obj's condition c is not status with reason, or nil.
+func condition[T readyish](obj T, err error) func(c apis.ConditionType, status corev1.ConditionStatus, reason string) error {
+	return func(c apis.ConditionType, status corev1.ConditionStatus, reason string) error {
+		if err != nil {
+			return err
+		}
+		got := obj.GetStatus().GetCondition(c)
+		if got == nil || got.Status != status || got.Reason != reason {
+			return fmt.Errorf("%s is %+v, want %s %s", c, got, status, reason)
+		}
+		return nil
+	}
 }
 
 // finalized says why obj still has finalizers, or nil.
