@@ -2,6 +2,7 @@ package broker_test
 
 import (
 	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"net/http"
@@ -90,6 +91,19 @@ func TestTTLIsDecrementedAndExhaustedEventsDropped(t *testing.T) {
 	resp, body := post(t, env.url+"/default/default", binaryHeaders("ttl-1", map[string]string{"ce-knativebrokerttl": "1"}), `{}`)
 	if resp.StatusCode != http.StatusBadRequest || !strings.Contains(body, "knativebrokerttl") {
 		t.Fatalf("status %d %q: an event at its last pass must be dropped with 400", resp.StatusCode, body)
+	}
+	if lastStored(t, env).ID() != "ttl-5" {
+		t.Fatal("the exhausted event was stored")
+	}
+	// A caller of the store (the reply path) cannot take the drop for a
+	// stored event: it is an error of its own kind.
+	ev := cloudevents.NewEvent()
+	ev.SetID("ttl-direct")
+	ev.SetSource("/test")
+	ev.SetType("com.example.t")
+	_ = kbroker.SetTTL(ev.Context, 1)
+	if _, err := broker.NewStore(env.js, slog.New(slog.DiscardHandler), 0).Publish(context.Background(), env.ref, &ev); !errors.Is(err, broker.ErrTTLExhausted) {
+		t.Fatalf("Publish of an exhausted event: %v, want ErrTTLExhausted", err)
 	}
 	if lastStored(t, env).ID() != "ttl-5" {
 		t.Fatal("the exhausted event was stored")

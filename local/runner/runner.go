@@ -170,14 +170,7 @@ func New(ctx context.Context, opts Options, log *slog.Logger) (_ *Runner, err er
 		ingress = broker.RequireBearer(opts.IngressToken, ingress)
 	}
 	mux.Handle("/", ingress)
-	r.srv = &http.Server{
-		Handler:           mux,
-		ReadHeaderTimeout: 10 * time.Second,
-		ReadTimeout:       30 * time.Second,
-		WriteTimeout:      30 * time.Second,
-		IdleTimeout:       2 * time.Minute,
-		MaxHeaderBytes:    64 << 10,
-	}
+	r.srv = broker.NewServer(mux, broker.ServerOptions{})
 	return r, nil
 }
 
