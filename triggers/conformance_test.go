@@ -5,13 +5,17 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"net/http"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
+	"github.com/nats-io/nats.go"
 	kbroker "knative.dev/eventing/pkg/broker"
 
 	"github.com/koffeeshop/koffeeshop/broker"
@@ -100,6 +104,11 @@ func TestConformance(t *testing.T) {
 			delivery:     "retry: 5\nbackoffDelay: PT0.1S\nbackoffPolicy: linear",
 			script:       []response{{status: 422}},
 			wantAttempts: 1, wantResult: terminated,
+			check: func(t *testing.T, r *run) {
+				if got := r.d.Stats().Drops()["no_dead_letter_sink"]; got != 1 {
+					t.Errorf("drops %v, want no_dead_letter_sink 1", r.d.Stats().Drops())
+				}
+			},
 		},
 		{
 			name:         "retries used up without a dead-letter sink: terminated and counted",
@@ -224,6 +233,38 @@ func TestConformance(t *testing.T) {
 			check: func(t *testing.T, r *run) {
 				if n := len(r.dls.got()); n != 3 {
 					t.Errorf("dead-letter sink got %d attempts, want 3 (two refused, one accepted)", n)
+				}
+			},
+		},
+		{
+			name:         "a refused dead-letter send is retried at the sink, not at the subscriber",
+			delivery:     "retry: 1\nbackoffPolicy: linear\nbackoffDelay: PT0.1S\ndeadLetterSink: {uri: '{{dls}}'}",
+			script:       []response{{status: 500}},
+			dlsScript:    []response{{status: 503}, {status: 500}, {status: 200}},
+			wantAttempts: 2, wantResult: deadLettered, wantCode: 500,
+			check: func(t *testing.T, r *run) {
+				dead := r.dls.got()
+				if len(dead) != 3 {
+					t.Fatalf("dead-letter sink got %d attempts, want 3 (two refused, one accepted)", len(dead))
+				}
+				for i, a := range dead {
+					if a.event.ID() != r.sent[0].ID() || fmt.Sprint(a.event.Extensions()["knativeerrorcode"]) != "500" {
+						t.Errorf("dead-letter attempt %d: %s with knativeerrorcode %v", i+1, a.event.ID(), a.event.Extensions()["knativeerrorcode"])
+					}
+				}
+			},
+		},
+		{
+			name:         "a 202 answer is not a reply: its body is ignored",
+			filter:       "attributes: {type: com.example.order}",
+			script:       []response{{status: 202, reply: "com.example.reply"}},
+			wantAttempts: 1, wantResult: delivered,
+			check: func(t *testing.T, r *run) {
+				if n := len(r.h.stored()); n != 1 {
+					t.Errorf("stream holds %d events, want only the original", n)
+				}
+				if got := r.d.Stats().Replies.Load(); got != 0 {
+					t.Errorf("replies = %d, want 0", got)
 				}
 			},
 		},
@@ -482,6 +523,63 @@ func TestTTLStopsAReplyLoop(t *testing.T) {
 	if got := len(h.stored()); got != broker.DefaultTTL {
 		t.Fatalf("%d events stored, want %d (the last reply is dropped)", got, broker.DefaultTTL)
 	}
+	// The dropped reply is not counted as stored: it is a drop with its
+	// reason, and the event that caused it was delivered.
+	st := d.Stats()
+	if st.Replies.Load() != broker.DefaultTTL-1 || st.Drops()["reply_ttl_exhausted"] != 1 || st.Delivered.Load() != broker.DefaultTTL || st.Terminated.Load() != 0 {
+		t.Fatalf("replies %d, drops %v, delivered %d, terminated %d; want %d, reply_ttl_exhausted 1, %d, 0",
+			st.Replies.Load(), st.Drops(), st.Delivered.Load(), st.Terminated.Load(), broker.DefaultTTL-1, broker.DefaultTTL)
+	}
+}
+
+// TestUndecodableMessageIsCountedAndLogged: a message in the stream that is
+// no CloudEvent is terminated, logged with what its headers tell, and
+// counted; the events around it are delivered.
+func TestUndecodableMessageIsCountedAndLogged(t *testing.T) {
+	h := newHarness(t)
+	sub := newSubscriber(t)
+	tr, br := h.manifests("", fmt.Sprintf("apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata: {name: t}\nspec:\n  broker: '{{broker}}'\n  subscriber: {uri: '%s'}\n", sub.URL))
+	var logs strings.Builder
+	var mu sync.Mutex
+	log := slog.New(slog.NewTextHandler(lockedWriter{&mu, &logs}, nil))
+	client := &http.Client{}
+	d, err := triggers.New(context.Background(), h.js, h.store, client, triggers.Config{Trigger: tr, Broker: h.ref, Delivery: triggers.EffectiveDelivery(tr, br), Subscriber: mustURL(t, sub.URL)}, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+
+	h.publish(newEvent("before", "com.example.order"))
+	garbage := &nats.Msg{Subject: h.ref.TypeSubject("com.example.order"), Header: nats.Header{"ce-id": {"bad-1"}, "ce-source": {"/garbage"}}, Data: []byte("{not an event")}
+	if _, err := h.js.PublishMsg(context.Background(), garbage); err != nil {
+		t.Fatal(err)
+	}
+	h.publish(newEvent("after", "com.example.order"))
+	sub.waitAttempts(t, 2, 10*time.Second)
+	h.settled(d, 10*time.Second)
+	if st := d.Stats(); st.Drops()["undecodable"] != 1 || st.Terminated.Load() != 1 || st.Delivered.Load() != 2 {
+		t.Fatalf("drops %v, terminated %d, delivered %d", st.Drops(), st.Terminated.Load(), st.Delivered.Load())
+	}
+	mu.Lock()
+	out := logs.String()
+	mu.Unlock()
+	if !strings.Contains(out, "drop=undecodable") || !strings.Contains(out, "id=bad-1") || !strings.Contains(out, "source=/garbage") {
+		t.Fatalf("the drop is not logged with its id and source:\n%s", out)
+	}
+}
+
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  io.Writer
+}
+
+func (l lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }
 
 // TestDuplicateIsDeliveredOnce: the same source+id is stored and delivered once.
