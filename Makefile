@@ -40,6 +40,8 @@ test-faults:
 ## fuzz: run each fuzz target for a bounded time
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzIngress$$' -fuzztime $(FUZZTIME) ./broker
+	$(GO) test -run '^$$' -fuzz '^FuzzRoundTrip$$' -fuzztime $(FUZZTIME) ./broker/ceheader
+	$(GO) test -run '^$$' -fuzz '^FuzzAcceptedEventRoundTrip$$' -fuzztime $(FUZZTIME) ./triggers
 	$(GO) test -run '^$$' -fuzz '^FuzzFilter$$' -fuzztime $(FUZZTIME) ./triggers
 	$(GO) test -run '^$$' -fuzz '^FuzzParseReply$$' -fuzztime $(FUZZTIME) ./triggers
 
