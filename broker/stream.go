@@ -73,46 +73,60 @@ func MsgID(source, id string) string {
 type StreamOptions struct {
 	// Replicas is the JetStream replication factor (1, or 3 on a cluster).
 	Replicas int
-	// MaxAge bounds how long an event is kept (0 keeps it forever).
+	// Storage is file (the zero value) or memory.
+	Storage jetstream.StorageType
+	// MaxAge bounds how long an event is kept. EnsureStream takes 0 for
+	// the default (24 h); StreamConfig passes it as it is (0: no limit).
 	MaxAge time.Duration
 	// DuplicateWindow is how long source+id de-duplication remembers an id.
 	DuplicateWindow time.Duration
 }
 
-// DefaultStreamOptions are used for any zero field of StreamOptions.
-var defaultStreamOptions = StreamOptions{
-	Replicas:        1,
-	MaxAge:          24 * time.Hour,
-	DuplicateWindow: 2 * time.Minute,
+// DefaultStreamOptions are what EnsureStream uses for every zero field:
+// one replica, file storage, 24 hours, a 2-minute duplicate window.
+func DefaultStreamOptions() StreamOptions {
+	return StreamOptions{
+		Replicas:        1,
+		Storage:         jetstream.FileStorage,
+		MaxAge:          24 * time.Hour,
+		DuplicateWindow: 2 * time.Minute,
+	}
 }
 
 func (o StreamOptions) withDefaults() StreamOptions {
+	d := DefaultStreamOptions()
 	if o.Replicas <= 0 {
-		o.Replicas = defaultStreamOptions.Replicas
+		o.Replicas = d.Replicas
 	}
 	if o.MaxAge == 0 {
-		o.MaxAge = defaultStreamOptions.MaxAge
+		o.MaxAge = d.MaxAge
 	}
 	if o.DuplicateWindow <= 0 {
-		o.DuplicateWindow = defaultStreamOptions.DuplicateWindow
+		o.DuplicateWindow = d.DuplicateWindow
 	}
 	return o
 }
 
-// EnsureStream creates or updates the file-backed stream for the Broker.
-func EnsureStream(ctx context.Context, js jetstream.JetStream, r Ref, o StreamOptions) (jetstream.Stream, error) {
-	o = o.withDefaults()
-	s, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+// StreamConfig is the stream of the Broker r with the options o as they
+// are: the ingress and the dispatchers find it by this name and subjects,
+// whoever made it (the local runner or the Broker class's controller).
+func StreamConfig(r Ref, o StreamOptions) jetstream.StreamConfig {
+	return jetstream.StreamConfig{
 		Name:        r.StreamName(),
 		Description: "Knative Broker " + r.String(),
 		Subjects:    []string{r.Subject()},
-		Storage:     jetstream.FileStorage,
+		Storage:     o.Storage,
 		Retention:   jetstream.LimitsPolicy,
 		Discard:     jetstream.DiscardOld,
 		MaxAge:      o.MaxAge,
 		Duplicates:  o.DuplicateWindow,
 		Replicas:    o.Replicas,
-	})
+	}
+}
+
+// EnsureStream creates or updates the file-backed stream for the Broker.
+func EnsureStream(ctx context.Context, js jetstream.JetStream, r Ref, o StreamOptions) (jetstream.Stream, error) {
+	s, err := js.CreateOrUpdateStream(ctx, StreamConfig(r, o.withDefaults()))
 	if err != nil {
 		return nil, fmt.Errorf("ensure stream %s for broker %s: %w", r.StreamName(), r, err)
 	}

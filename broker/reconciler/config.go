@@ -30,32 +30,11 @@ const (
 // maxReplicas is JetStream's own limit on a stream's replicas.
 const maxReplicas = 5
 
-// StreamSettings are the parts of a Broker's stream that its ConfigMap
-// tunes.
-type StreamSettings struct {
-	Replicas        int
-	Storage         jetstream.StorageType
-	MaxAge          time.Duration
-	DuplicateWindow time.Duration
-}
-
-// DefaultStreamSettings apply to every key a Broker's ConfigMap leaves
-// out, and to a Broker without spec.config. They are the local runner's
-// (broker.EnsureStream's defaults): one replica, file storage, 24 hours,
-// a 2-minute duplicate window.
-func DefaultStreamSettings() StreamSettings {
-	return StreamSettings{
-		Replicas:        1,
-		Storage:         jetstream.FileStorage,
-		MaxAge:          24 * time.Hour,
-		DuplicateWindow: 2 * time.Minute,
-	}
-}
-
-// ParseStreamSettings reads a ConfigMap's data over the defaults. Its error
+// ParseStreamSettings reads a ConfigMap's data over
+// broker.DefaultStreamOptions, which are the local runner's too. Its error
 // names every bad key, so a user fixes them in one go.
-func ParseStreamSettings(data map[string]string) (StreamSettings, error) {
-	s := DefaultStreamSettings()
+func ParseStreamSettings(data map[string]string) (broker.StreamOptions, error) {
+	s := broker.DefaultStreamOptions()
 	var bad []string
 	if v, ok := data[KeyReplicas]; ok {
 		n, err := strconv.Atoi(strings.TrimSpace(v))
@@ -97,25 +76,7 @@ func ParseStreamSettings(data map[string]string) (StreamSettings, error) {
 		bad = append(bad, fmt.Sprintf("%s (%v) is longer than %s (%v)", KeyDuplicateWindow, s.DuplicateWindow, KeyMaxAge, s.MaxAge))
 	}
 	if len(bad) > 0 {
-		return StreamSettings{}, fmt.Errorf("%s", strings.Join(bad, "; "))
+		return broker.StreamOptions{}, fmt.Errorf("%s", strings.Join(bad, "; "))
 	}
 	return s, nil
-}
-
-// StreamConfig is the stream of the Broker r with settings s: the stream
-// broker.EnsureStream creates (same name, subjects, description, retention
-// and discard policy, so the ingress and the dispatchers find it as they
-// expect), with the storage type added, which broker.StreamOptions lacks.
-func StreamConfig(r broker.Ref, s StreamSettings) jetstream.StreamConfig {
-	return jetstream.StreamConfig{
-		Name:        r.StreamName(),
-		Description: "Knative Broker " + r.String(),
-		Subjects:    []string{r.Subject()},
-		Storage:     s.Storage,
-		Retention:   jetstream.LimitsPolicy,
-		Discard:     jetstream.DiscardOld,
-		MaxAge:      s.MaxAge,
-		Duplicates:  s.DuplicateWindow,
-		Replicas:    s.Replicas,
-	}
 }

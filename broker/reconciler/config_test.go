@@ -7,27 +7,28 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/koffeeshop/koffeeshop/broker"
 	"github.com/koffeeshop/koffeeshop/broker/reconciler"
 )
 
 func TestParseStreamSettings(t *testing.T) {
-	defaults := reconciler.StreamSettings{Replicas: 1, Storage: jetstream.FileStorage, MaxAge: 24 * time.Hour, DuplicateWindow: 2 * time.Minute}
-	if got := reconciler.DefaultStreamSettings(); got != defaults {
-		t.Fatalf("DefaultStreamSettings() = %+v, want the documented %+v", got, defaults)
+	defaults := broker.StreamOptions{Replicas: 1, Storage: jetstream.FileStorage, MaxAge: 24 * time.Hour, DuplicateWindow: 2 * time.Minute}
+	if got := broker.DefaultStreamOptions(); got != defaults {
+		t.Fatalf("broker.DefaultStreamOptions() = %+v, want the documented %+v", got, defaults)
 	}
 	for _, tc := range []struct {
 		name    string
 		data    map[string]string
-		want    reconciler.StreamSettings
+		want    broker.StreamOptions
 		wantErr string
 	}{
 		{name: "no data", data: nil, want: defaults},
 		{name: "every key", data: map[string]string{"replicas": "3", "storage": "memory", "maxAge": "168h", "duplicateWindow": "10m"},
-			want: reconciler.StreamSettings{Replicas: 3, Storage: jetstream.MemoryStorage, MaxAge: 168 * time.Hour, DuplicateWindow: 10 * time.Minute}},
+			want: broker.StreamOptions{Replicas: 3, Storage: jetstream.MemoryStorage, MaxAge: 168 * time.Hour, DuplicateWindow: 10 * time.Minute}},
 		{name: "surrounding space", data: map[string]string{"replicas": " 3\n", "storage": "file "},
-			want: reconciler.StreamSettings{Replicas: 3, Storage: jetstream.FileStorage, MaxAge: 24 * time.Hour, DuplicateWindow: 2 * time.Minute}},
+			want: broker.StreamOptions{Replicas: 3, Storage: jetstream.FileStorage, MaxAge: 24 * time.Hour, DuplicateWindow: 2 * time.Minute}},
 		{name: "maxAge 0 keeps events without an age limit", data: map[string]string{"maxAge": "0", "duplicateWindow": "1h"},
-			want: reconciler.StreamSettings{Replicas: 1, Storage: jetstream.FileStorage, MaxAge: 0, DuplicateWindow: time.Hour}},
+			want: broker.StreamOptions{Replicas: 1, Storage: jetstream.FileStorage, MaxAge: 0, DuplicateWindow: time.Hour}},
 		{name: "JetStream's replica limit", data: map[string]string{"replicas": "6"}, wantErr: `replicas: "6" is not a whole number from 1 to 5`},
 		{name: "zero replicas", data: map[string]string{"replicas": "0"}, wantErr: `replicas: "0"`},
 		{name: "storage is case-sensitive", data: map[string]string{"storage": "File"}, wantErr: `storage: "File" is neither file nor memory`},

@@ -155,7 +155,7 @@ func (r *Reconciler) reconcileStream(ctx context.Context, b *eventingv1.Broker) 
 
 	sctx, cancel := context.WithTimeout(ctx, r.opts.NATSTimeout)
 	defer cancel()
-	if _, err := r.streams.CreateOrUpdateStream(sctx, StreamConfig(ref, settings)); err != nil {
+	if _, err := r.streams.CreateOrUpdateStream(sctx, broker.StreamConfig(ref, settings)); err != nil {
 		cs.MarkFalse(ConditionStreamReady, failureReason(err), "stream %s: %v", ref.StreamName(), err)
 		return fmt.Errorf("broker %s: create or update stream %s: %w", ref, ref.StreamName(), err)
 	}
@@ -173,13 +173,13 @@ type configError struct {
 func (e *configError) Error() string { return e.err.Error() }
 
 // settings are the stream settings spec.config gives the Broker.
-func (r *Reconciler) settings(b *eventingv1.Broker) (StreamSettings, error) {
+func (r *Reconciler) settings(b *eventingv1.Broker) (broker.StreamOptions, error) {
 	ref := b.Spec.Config
 	if ref == nil {
-		return DefaultStreamSettings(), nil
+		return broker.DefaultStreamOptions(), nil
 	}
 	if ref.Kind != "ConfigMap" || (ref.APIVersion != "" && ref.APIVersion != "v1") {
-		return StreamSettings{}, &configError{ReasonUnsupportedConfig,
+		return broker.StreamOptions{}, &configError{ReasonUnsupportedConfig,
 			fmt.Errorf("spec.config must name a v1 ConfigMap, not %s %s %q", ref.APIVersion, ref.Kind, ref.Name)}
 	}
 	ns := ref.Namespace
@@ -192,19 +192,19 @@ func (r *Reconciler) settings(b *eventingv1.Broker) (StreamSettings, error) {
 		if err := r.tracker.TrackReference(tracker.Reference{
 			APIVersion: "v1", Kind: "ConfigMap", Namespace: ns, Name: ref.Name,
 		}, b); err != nil {
-			return StreamSettings{}, fmt.Errorf("track ConfigMap %s/%s: %w", ns, ref.Name, err)
+			return broker.StreamOptions{}, fmt.Errorf("track ConfigMap %s/%s: %w", ns, ref.Name, err)
 		}
 	}
 	cm, err := r.configMaps.ConfigMaps(ns).Get(ref.Name)
 	if apierrs.IsNotFound(err) {
-		return StreamSettings{}, &configError{ReasonConfigMapNotFound, fmt.Errorf("ConfigMap %s/%s does not exist", ns, ref.Name)}
+		return broker.StreamOptions{}, &configError{ReasonConfigMapNotFound, fmt.Errorf("ConfigMap %s/%s does not exist", ns, ref.Name)}
 	}
 	if err != nil {
-		return StreamSettings{}, fmt.Errorf("get ConfigMap %s/%s: %w", ns, ref.Name, err)
+		return broker.StreamOptions{}, fmt.Errorf("get ConfigMap %s/%s: %w", ns, ref.Name, err)
 	}
 	s, err := ParseStreamSettings(cm.Data)
 	if err != nil {
-		return StreamSettings{}, &configError{ReasonInvalidConfig, fmt.Errorf("ConfigMap %s/%s: %w", ns, ref.Name, err)}
+		return broker.StreamOptions{}, &configError{ReasonInvalidConfig, fmt.Errorf("ConfigMap %s/%s: %w", ns, ref.Name, err)}
 	}
 	return s, nil
 }

@@ -91,7 +91,7 @@ func TestReconcile(t *testing.T) {
 			Object: newBroker(withConfig(cmName), withStatus(dlsNotConfigured, configParsed, streamReady, addressed)),
 		}},
 		PostConditions: []func(*testing.T, *rt.TableRow){
-			wantStream(reconciler.StreamSettings{Replicas: 1, Storage: jetstream.MemoryStorage, MaxAge: time.Hour, DuplicateWindow: 30 * time.Second}),
+			wantStream(broker.StreamOptions{Replicas: 1, Storage: jetstream.MemoryStorage, MaxAge: time.Hour, DuplicateWindow: 30 * time.Second}),
 		},
 	}, {
 		Name: "a Broker without spec.config gets the documented defaults",
@@ -103,7 +103,7 @@ func TestReconcile(t *testing.T) {
 			Object: newBroker(reconcilerFinalizer, withStatus(dlsNotConfigured, configParsed, streamReady, addressed)),
 		}},
 		PostConditions: []func(*testing.T, *rt.TableRow){
-			wantStream(reconciler.StreamSettings{Replicas: 1, Storage: jetstream.FileStorage, MaxAge: 24 * time.Hour, DuplicateWindow: 2 * time.Minute}),
+			wantStream(broker.StreamOptions{Replicas: 1, Storage: jetstream.FileStorage, MaxAge: 24 * time.Hour, DuplicateWindow: 2 * time.Minute}),
 		},
 	}, {
 		Name: "keys the ConfigMap leaves out keep their defaults, and other keys are ignored",
@@ -116,7 +116,7 @@ func TestReconcile(t *testing.T) {
 			Object: newBroker(reconcilerFinalizer, withConfig(cmName), withStatus(dlsNotConfigured, configParsed, streamReady, addressed)),
 		}},
 		PostConditions: []func(*testing.T, *rt.TableRow){
-			wantStream(reconciler.StreamSettings{Replicas: 1, Storage: jetstream.FileStorage, MaxAge: 72 * time.Hour, DuplicateWindow: 2 * time.Minute}),
+			wantStream(broker.StreamOptions{Replicas: 1, Storage: jetstream.FileStorage, MaxAge: 72 * time.Hour, DuplicateWindow: 2 * time.Minute}),
 		},
 	}, {
 		Name: "a second reconcile of a Ready Broker changes nothing: no status update, no new stream",
@@ -137,7 +137,7 @@ func TestReconcile(t *testing.T) {
 		},
 		OtherTestData: map[string]any{setupKey: ensureStreamAsTheIngressDoes},
 		PostConditions: []func(*testing.T, *rt.TableRow){
-			wantStream(reconciler.StreamSettings{Replicas: 1, Storage: jetstream.FileStorage, MaxAge: time.Hour, DuplicateWindow: time.Minute}),
+			wantStream(broker.StreamOptions{Replicas: 1, Storage: jetstream.FileStorage, MaxAge: time.Hour, DuplicateWindow: time.Minute}),
 		},
 	}, {
 		Name: "a missing ConfigMap is ConfigParsed=False, and no stream is made",
@@ -223,7 +223,7 @@ func TestReconcile(t *testing.T) {
 			Object: newBroker(reconcilerFinalizer, withSink(), withStatus(dlsResolved, configParsed, streamReady, addressed)),
 		}},
 		PostConditions: []func(*testing.T, *rt.TableRow){
-			wantStream(reconciler.DefaultStreamSettings()),
+			wantStream(broker.DefaultStreamOptions()),
 		},
 	}, {
 		Name: "a missing dead-letter sink is DeadLetterSinkResolved=False; the stream is still made",
@@ -238,7 +238,7 @@ func TestReconcile(t *testing.T) {
 				configParsed, streamReady, addressed)),
 		}},
 		PostConditions: []func(*testing.T, *rt.TableRow){
-			wantStream(reconciler.DefaultStreamSettings()),
+			wantStream(broker.DefaultStreamOptions()),
 		},
 	}, {
 		Name: "a deleted Broker's stream is deleted, then its finalizer removed",
@@ -339,7 +339,7 @@ func noStreams(t *testing.T, row *rt.TableRow) {
 	}
 }
 
-func wantStream(s reconciler.StreamSettings) func(*testing.T, *rt.TableRow) {
+func wantStream(s broker.StreamOptions) func(*testing.T, *rt.TableRow) {
 	return func(t *testing.T, row *rt.TableRow) {
 		info := envOf(row).streamInfo(t, ref.StreamName())
 		if info == nil {

@@ -27,6 +27,7 @@ import (
 	cehttp "github.com/cloudevents/sdk-go/v2/protocol/http"
 
 	"github.com/koffeeshop/koffeeshop/local/runner"
+	"github.com/koffeeshop/koffeeshop/triggers"
 )
 
 // The fault tests share these helpers: a timestamping event sink, a load
@@ -191,7 +192,7 @@ func (s *sink) notified() (count map[string]int, first map[string]time.Time) {
 func observerYAML(url, ackWait string) string {
 	ann := ""
 	if ackWait != "" {
-		ann = fmt.Sprintf("  annotations:\n    %s: %q\n", runner.AckWaitAnnotation, ackWait)
+		ann = fmt.Sprintf("  annotations:\n    %s: %q\n", triggers.AckWaitAnnotation, ackWait)
 	}
 	return fmt.Sprintf(`apiVersion: eventing.knative.dev/v1
 kind: Trigger
@@ -215,19 +216,19 @@ func faultConfig(t testing.TB, ackWait, obs string, extra map[string]string, rep
 	t.Helper()
 	if ackWait != "" {
 		replacements = append(replacements, "kind: Trigger\nmetadata:\n",
-			fmt.Sprintf("kind: Trigger\nmetadata:\n  annotations:\n    %s: %q\n", runner.AckWaitAnnotation, ackWait))
+			fmt.Sprintf("kind: Trigger\nmetadata:\n  annotations:\n    %s: %q\n", triggers.AckWaitAnnotation, ackWait))
 	}
 	dir := scaledConfig(t, replacements...)
 	if ackWait != "" {
 		files, _ := filepath.Glob(filepath.Join(dir, "*.yaml"))
-		triggers, annotated := 0, 0
+		trigs, annotated := 0, 0
 		for _, f := range files {
 			b, _ := os.ReadFile(f)
-			triggers += strings.Count(string(b), "kind: Trigger")
-			annotated += strings.Count(string(b), runner.AckWaitAnnotation)
+			trigs += strings.Count(string(b), "kind: Trigger")
+			annotated += strings.Count(string(b), triggers.AckWaitAnnotation)
 		}
-		if triggers == 0 || triggers != annotated {
-			t.Fatalf("config: %d Triggers, %d with the ack-wait annotation", triggers, annotated)
+		if trigs == 0 || trigs != annotated {
+			t.Fatalf("config: %d Triggers, %d with the ack-wait annotation", trigs, annotated)
 		}
 	}
 	files := map[string]string{"zz-observer.yaml": observerYAML(obs, ackWait)}

@@ -41,16 +41,6 @@ import (
 	"github.com/koffeeshop/koffeeshop/triggers"
 )
 
-// Annotations on a Trigger that tune its dispatcher.
-const (
-	// ConcurrencyAnnotation sets how many events it delivers at once.
-	ConcurrencyAnnotation = "koffeeshop.dev/delivery-concurrency"
-	// AckWaitAnnotation sets how long JetStream waits, without an ack or
-	// an in-progress signal, before it redelivers an event (a Go
-	// duration): how soon events in the hands of a crashed runner come back.
-	AckWaitAnnotation = "koffeeshop.dev/ack-wait"
-)
-
 // Options configure a Runner.
 type Options struct {
 	// ConfigDirs hold the manifests (the first is config/; tests add more).
@@ -450,14 +440,14 @@ func (r *Runner) endpoint(ns string, d duckv1.Destination) (triggers.Endpoint, e
 }
 
 // concurrency is how many events a Trigger delivers at once: its
-// annotation, else what its Service can take (containerConcurrency times
+// annotation (triggers.ConcurrencyAnnotation), else what its Service can take (containerConcurrency times
 // max-scale), else 100.
 func (r *Runner) concurrency(t *eventingv1.Trigger) int {
-	if v, ok := t.Annotations[ConcurrencyAnnotation]; ok {
-		if n, err := strconv.Atoi(v); err == nil && n > 0 {
-			return n
-		}
-		r.log.Warn("ignoring invalid annotation", "trigger", t.Name, "annotation", ConcurrencyAnnotation, "value", v)
+	n, ok, err := triggers.AnnotatedConcurrency(t)
+	if err != nil {
+		r.log.Warn("ignoring an invalid annotation", "trigger", t.Name, "err", err)
+	} else if ok {
+		return n
 	}
 	ref := t.Spec.Subscriber.Ref
 	if ref == nil {
@@ -480,16 +470,12 @@ func (r *Runner) concurrency(t *eventingv1.Trigger) int {
 	return min(cc*maxScale, 1000)
 }
 
-// ackWait reads AckWaitAnnotation; 0 leaves the dispatcher's default.
+// ackWait reads triggers.AckWaitAnnotation; 0 leaves the dispatcher's
+// default.
 func (r *Runner) ackWait(t *eventingv1.Trigger) time.Duration {
-	v, ok := t.Annotations[AckWaitAnnotation]
-	if !ok {
-		return 0
-	}
-	d, err := time.ParseDuration(v)
-	if err != nil || d <= 0 {
-		r.log.Warn("ignoring invalid annotation", "trigger", t.Name, "annotation", AckWaitAnnotation, "value", v)
-		return 0
+	d, _, err := triggers.AnnotatedAckWait(t)
+	if err != nil {
+		r.log.Warn("ignoring an invalid annotation", "trigger", t.Name, "err", err)
 	}
 	return d
 }

@@ -8,7 +8,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strconv"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -29,19 +28,7 @@ import (
 	"github.com/koffeeshop/koffeeshop/triggers"
 )
 
-// Annotations on a Trigger that shape its consumer. The local runner
-// reads the same two (local/runner), so a consumer made here is the one a
-// dispatcher there would make.
-const (
-	// ConcurrencyAnnotation is how many events the Trigger delivers at
-	// once; it sizes the consumer's MaxAckPending.
-	ConcurrencyAnnotation = "koffeeshop.dev/delivery-concurrency"
-	// AckWaitAnnotation is how long JetStream waits for an ack before it
-	// redelivers (a Go duration).
-	AckWaitAnnotation = "koffeeshop.dev/ack-wait"
-)
-
-// DefaultConcurrency applies without ConcurrencyAnnotation.
+// DefaultConcurrency applies without triggers.ConcurrencyAnnotation.
 const DefaultConcurrency = 100
 
 // FinalizerName keeps a Trigger until its consumer is deleted. It is our
@@ -263,34 +250,25 @@ func BrokerRef(t *eventingv1.Trigger) broker.Ref {
 	return broker.Ref{Namespace: t.Namespace, Name: t.Spec.Broker}
 }
 
-// concurrency reads ConcurrencyAnnotation. An invalid value is logged
-// and ignored, as the local runner ignores it, so that both make the
-// same consumer.
+// concurrency reads triggers.ConcurrencyAnnotation. An invalid value is
+// logged and ignored, as the local runner ignores it.
 func concurrency(ctx context.Context, t *eventingv1.Trigger) int {
-	v, ok := t.Annotations[ConcurrencyAnnotation]
-	if !ok {
-		return DefaultConcurrency
+	n, ok, err := triggers.AnnotatedConcurrency(t)
+	if err != nil {
+		logging.FromContext(ctx).Warnw("Ignoring an invalid annotation", zap.Error(err))
 	}
-	n, err := strconv.Atoi(v)
-	if err != nil || n <= 0 {
-		logging.FromContext(ctx).Warnw("Ignoring an invalid annotation",
-			zap.String("annotation", ConcurrencyAnnotation), zap.String("value", v))
+	if !ok || err != nil {
 		return DefaultConcurrency
 	}
 	return n
 }
 
-// ackWait reads AckWaitAnnotation; 0 leaves the consumer's default.
+// ackWait reads triggers.AckWaitAnnotation; 0 leaves the consumer's
+// default.
 func ackWait(ctx context.Context, t *eventingv1.Trigger) time.Duration {
-	v, ok := t.Annotations[AckWaitAnnotation]
-	if !ok {
-		return 0
-	}
-	d, err := time.ParseDuration(v)
-	if err != nil || d <= 0 {
-		logging.FromContext(ctx).Warnw("Ignoring an invalid annotation",
-			zap.String("annotation", AckWaitAnnotation), zap.String("value", v))
-		return 0
+	d, _, err := triggers.AnnotatedAckWait(t)
+	if err != nil {
+		logging.FromContext(ctx).Warnw("Ignoring an invalid annotation", zap.Error(err))
 	}
 	return d
 }

@@ -122,13 +122,13 @@ func TestReconcile(t *testing.T) {
 		Objects: []runtime.Object{
 			readyBroker(),
 			newTrigger(reconcilerFinalizer, withServiceSubscriber,
-				et.WithAnnotation(reconciler.ConcurrencyAnnotation, "500"), et.WithAnnotation(reconciler.AckWaitAnnotation, "45s")),
+				et.WithAnnotation(triggers.ConcurrencyAnnotation, "500"), et.WithAnnotation(triggers.AckWaitAnnotation, "45s")),
 			et.NewService(serviceName, testNS),
 		},
 		OtherTestData: map[string]any{setupKey: ensureStream},
 		WantStatusUpdates: []clientgotesting.UpdateActionImpl{{
 			Object: newTrigger(reconcilerFinalizer, withServiceSubscriber,
-				et.WithAnnotation(reconciler.ConcurrencyAnnotation, "500"), et.WithAnnotation(reconciler.AckWaitAnnotation, "45s"),
+				et.WithAnnotation(triggers.ConcurrencyAnnotation, "500"), et.WithAnnotation(triggers.AckWaitAnnotation, "45s"),
 				withStatus(brokerReady, subscriberResolved(serviceURL), dlsNotConfigured, subscribed)),
 		}},
 		PostConditions: []func(*testing.T, *rt.TableRow){
@@ -140,13 +140,13 @@ func TestReconcile(t *testing.T) {
 		Objects: []runtime.Object{
 			readyBroker(),
 			newTrigger(reconcilerFinalizer, withServiceSubscriber,
-				et.WithAnnotation(reconciler.ConcurrencyAnnotation, "lots"), et.WithAnnotation(reconciler.AckWaitAnnotation, "-1s")),
+				et.WithAnnotation(triggers.ConcurrencyAnnotation, "lots"), et.WithAnnotation(triggers.AckWaitAnnotation, "-1s")),
 			et.NewService(serviceName, testNS),
 		},
 		OtherTestData: map[string]any{setupKey: ensureStream},
 		WantStatusUpdates: []clientgotesting.UpdateActionImpl{{
 			Object: newTrigger(reconcilerFinalizer, withServiceSubscriber,
-				et.WithAnnotation(reconciler.ConcurrencyAnnotation, "lots"), et.WithAnnotation(reconciler.AckWaitAnnotation, "-1s"),
+				et.WithAnnotation(triggers.ConcurrencyAnnotation, "lots"), et.WithAnnotation(triggers.AckWaitAnnotation, "-1s"),
 				withStatus(brokerReady, subscriberResolved(serviceURL), dlsNotConfigured, subscribed)),
 		}},
 		PostConditions: []func(*testing.T, *rt.TableRow){
@@ -372,7 +372,7 @@ func stopNATS(t *testing.T, e *natsEnv) {
 // ensureStream makes the Broker's stream as the Broker reconciler would.
 func ensureStream(t *testing.T, e *natsEnv) {
 	t.Helper()
-	cfg := brokerreconciler.StreamConfig(ref, brokerreconciler.DefaultStreamSettings())
+	cfg := broker.StreamConfig(ref, broker.DefaultStreamOptions())
 	if _, err := e.js.CreateOrUpdateStream(context.Background(), cfg); err != nil {
 		t.Fatal(err)
 	}
