@@ -45,7 +45,7 @@ func startBroker(tb testing.TB) *testBroker {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	in := broker.NewIngress(broker.NewStore(js, log, 0), []broker.Ref{ref}, log, broker.IngressOptions{})
+	in := broker.NewIngress(broker.NewStore(js, log, 0), broker.NewBrokerSet(ref), log, broker.IngressOptions{})
 	hs := httptest.NewServer(in)
 	tb.Cleanup(hs.Close)
 	return &testBroker{url: hs.URL, natsURL: srv.ClientURL(), ref: ref, js: js, stream: st}

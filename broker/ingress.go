@@ -28,25 +28,42 @@ type IngressOptions struct {
 	MaxBodyBytes int64
 }
 
+// Brokers tells the ingress which Brokers it serves: the local runner's
+// are fixed by config/, a cluster's come and go (and must be Ready).
+type Brokers interface {
+	Has(Ref) bool
+}
+
+// BrokerSet is a fixed set of Brokers.
+type BrokerSet map[Ref]bool
+
+// Has reports whether r is in the set.
+func (s BrokerSet) Has(r Ref) bool { return s[r] }
+
+// NewBrokerSet returns the set of refs.
+func NewBrokerSet(refs ...Ref) BrokerSet {
+	s := make(BrokerSet, len(refs))
+	for _, r := range refs {
+		s[r] = true
+	}
+	return s
+}
+
 // Ingress is the HTTP front door of the Brokers: POST /<namespace>/<broker>,
 // as Knative's broker-ingress serves it.
 type Ingress struct {
 	pub     Publisher
-	brokers map[Ref]bool
+	brokers Brokers
 	log     *slog.Logger
 	maxBody int64
 }
 
 // NewIngress serves the given Brokers and stores accepted events with pub.
-func NewIngress(pub Publisher, brokers []Ref, log *slog.Logger, o IngressOptions) *Ingress {
-	known := make(map[Ref]bool, len(brokers))
-	for _, b := range brokers {
-		known[b] = true
-	}
+func NewIngress(pub Publisher, brokers Brokers, log *slog.Logger, o IngressOptions) *Ingress {
 	if o.MaxBodyBytes <= 0 {
 		o.MaxBodyBytes = DefaultMaxBodyBytes
 	}
-	return &Ingress{pub: pub, brokers: known, log: log, maxBody: o.MaxBodyBytes}
+	return &Ingress{pub: pub, brokers: brokers, log: log, maxBody: o.MaxBodyBytes}
 }
 
 const allowed = "POST, OPTIONS"
@@ -57,7 +74,7 @@ func (in *Ingress) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		httpError(w, http.StatusNotFound, "no broker at %q: the path is /<namespace>/<broker>", r.URL.Path)
 		return
 	}
-	if !in.brokers[ref] {
+	if !in.brokers.Has(ref) {
 		httpError(w, http.StatusNotFound, "broker %s does not exist", ref)
 		return
 	}

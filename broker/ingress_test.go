@@ -126,7 +126,7 @@ func TestOptionsAnswersAllow(t *testing.T) {
 func TestBodyLimitIsConfigurable(t *testing.T) {
 	env := startBroker(t)
 	log := slog.New(slog.DiscardHandler)
-	small := httptest.NewServer(broker.NewIngress(broker.NewStore(env.js, log, 0), []broker.Ref{env.ref}, log, broker.IngressOptions{MaxBodyBytes: 64}))
+	small := httptest.NewServer(broker.NewIngress(broker.NewStore(env.js, log, 0), broker.NewBrokerSet(env.ref), log, broker.IngressOptions{MaxBodyBytes: 64}))
 	defer small.Close()
 	if resp, _ := post(t, small.URL+"/default/default", binaryHeaders("small", nil), `{"ok":true}`); resp.StatusCode != http.StatusAccepted {
 		t.Fatalf("small event: %d", resp.StatusCode)
@@ -156,7 +156,7 @@ func TestUnstorableEventGets503(t *testing.T) {
 	if _, err := broker.EnsureStream(context.Background(), js, ref, broker.StreamOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	hs := httptest.NewServer(broker.NewIngress(broker.NewStore(js, log, time.Second), []broker.Ref{ref}, log, broker.IngressOptions{}))
+	hs := httptest.NewServer(broker.NewIngress(broker.NewStore(js, log, time.Second), broker.NewBrokerSet(ref), log, broker.IngressOptions{}))
 	defer hs.Close()
 	url := hs.URL + "/default/default"
 

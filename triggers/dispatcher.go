@@ -42,6 +42,10 @@ type Config struct {
 	// AckWait is how long JetStream waits for an ack or an in-progress
 	// signal before it redelivers (default: the attempt timeout + 30s).
 	AckWait time.Duration
+	// Bind uses the Trigger's consumer as someone else made it (the Broker
+	// class's controller, on a cluster) instead of creating or updating
+	// it, so dispatcher replicas never fight over its config.
+	Bind bool
 }
 
 // Dispatcher runs one Trigger.
@@ -83,8 +87,12 @@ func New(ctx context.Context, js jetstream.JetStream, pub broker.Publisher, clie
 	if err != nil {
 		return nil, err
 	}
-	cons, err := EnsureConsumer(ctx, js, cfg)
-	if err != nil {
+	var cons jetstream.Consumer
+	if cfg.Bind {
+		if cons, err = js.Consumer(ctx, cfg.Broker.StreamName(), ConsumerName(t)); err != nil {
+			return nil, fmt.Errorf("trigger %s/%s: bind to consumer %s: %w", t.Namespace, t.Name, ConsumerName(t), err)
+		}
+	} else if cons, err = EnsureConsumer(ctx, js, cfg); err != nil {
 		return nil, err
 	}
 	filter, err := NewFilter(t)

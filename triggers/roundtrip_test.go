@@ -124,7 +124,7 @@ var rigSeq atomic.Int64
 func newRig(t testing.TB) *rig {
 	h := newHarness(t)
 	log := slog.New(slog.DiscardHandler)
-	in := httptest.NewServer(broker.NewIngress(h.store, []broker.Ref{h.ref}, log, broker.IngressOptions{}))
+	in := httptest.NewServer(broker.NewIngress(h.store, broker.NewBrokerSet(h.ref), log, broker.IngressOptions{}))
 	t.Cleanup(in.Close)
 	r := &rig{h: h, ingress: in.URL + "/" + h.ref.Namespace + "/" + h.ref.Name, subs: map[string]*recorder{}}
 	for _, mode := range outModes {

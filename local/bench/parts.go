@@ -75,7 +75,7 @@ func (b *bench) startIngress(ctx context.Context) (*ingressServer, error) {
 	}
 	store := broker.NewStore(j.js, b.log, 0)
 	mux := http.NewServeMux()
-	mux.Handle("/", broker.NewIngress(store, []broker.Ref{defaultBroker}, b.log, broker.IngressOptions{}))
+	mux.Handle("/", broker.NewIngress(store, broker.NewBrokerSet(defaultBroker), b.log, broker.IngressOptions{}))
 	url, stop, err := serveHTTP(mux)
 	if err != nil {
 		j.stop()

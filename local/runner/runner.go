@@ -155,7 +155,7 @@ func New(ctx context.Context, opts Options, log *slog.Logger) (_ *Runner, err er
 	mux.HandleFunc("GET /health/readiness", func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusOK) })
 	mux.Handle("GET /metrics", promhttp.HandlerFor(r.metrics, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /status", r.serveStatus)
-	var ingress http.Handler = broker.NewIngress(r.store, refs, log.With("component", "ingress"), broker.IngressOptions{MaxBodyBytes: opts.MaxBodyBytes})
+	var ingress http.Handler = broker.NewIngress(r.store, broker.NewBrokerSet(refs...), log.With("component", "ingress"), broker.IngressOptions{MaxBodyBytes: opts.MaxBodyBytes})
 	if opts.IngressToken != "" {
 		ingress = broker.RequireBearer(opts.IngressToken, ingress)
 	}
