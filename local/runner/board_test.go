@@ -2,13 +2,18 @@ package runner_test
 
 import (
 	"context"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/chromedp/chromedp"
+	cloudevents "github.com/cloudevents/sdk-go/v2"
+
+	"github.com/koffeeshop/koffeeshop/functions/coffee"
 )
 
 // chromium finds a Chromium to drive: $CHROMIUM, else Debian's package.
@@ -26,8 +31,9 @@ func chromium() string {
 
 // TestBoardInChromium places orders through the web form by both paths in
 // a real headless Chromium and watches the board: each order reaches
-// notified, and the panel shows prepare-beverage going 0, then at least 1,
-// then 0 again.
+// notified, an order take-order refuses shows as failed with its reason,
+// and the panel shows prepare-beverage going 0, then at least 1, then 0
+// again.
 func TestBoardInChromium(t *testing.T) {
 	chrome := chromium()
 	if chrome == "" {
@@ -111,6 +117,30 @@ func TestBoardInChromium(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+	// An order take-order cannot read is dead-lettered, turned into
+	// order.failed by notify, and shows as failed with take-order's reason.
+	refused := cloudevents.NewEvent()
+	refused.SetID("refused-in-chromium")
+	refused.SetSource("/board-test")
+	if resp := postBinary(t, s.IngressURL()+"/default/default", refused.ID(), refused.Source(), coffee.TypeOrderPlaced, `"latte"`); resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("refused order: %d", resp.StatusCode)
+	}
+	row := `tr[data-order-id="` + coffee.OrderID(refused) + `"]`
+	var stage, reason string
+	for deadline := time.Now().Add(60 * time.Second); stage != "failed"; time.Sleep(50 * time.Millisecond) {
+		v, err := chromedp.Run(ctx, chromedp.Evaluate[[]string](`(() => { const r = document.querySelector('`+row+`'); return r ? [r.dataset.stage, r.dataset.reason] : ["", ""]; })()`))
+		if err != nil {
+			t.Fatalf("read the board: %v", err)
+		}
+		stage, reason = v[0], v[1]
+		if time.Now().After(deadline) {
+			t.Fatalf("the refused order shows %q, want failed", stage)
+		}
+	}
+	if !strings.Contains(reason, "invalid order") {
+		t.Errorf("the failed order's reason is %q, want take-order's refusal", reason)
+	}
+
 	shot, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
 	if err != nil {
 		t.Fatal(err)
