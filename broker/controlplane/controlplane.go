@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
 	"golang.org/x/sync/errgroup"
 	"k8s.io/client-go/rest"
 	kubeclient "knative.dev/pkg/client/injection/kube/client"
@@ -21,6 +22,7 @@ import (
 	"knative.dev/pkg/logging"
 	"knative.dev/pkg/system"
 
+	"github.com/koffeeshop/koffeeshop/broker/natsconn"
 	brokerreconciler "github.com/koffeeshop/koffeeshop/broker/reconciler"
 	triggerreconciler "github.com/koffeeshop/koffeeshop/triggers/reconciler"
 )
@@ -30,7 +32,7 @@ type Options struct {
 	// KubeConfig is the cluster to control.
 	KubeConfig *rest.Config
 	// NATS is where the Brokers' streams live.
-	NATS NATSOptions
+	NATS natsconn.Options
 	// Broker tunes the Broker reconciler: the shared ingress Service
 	// that Broker addresses point at, and the bound on JetStream calls
 	// (which the Trigger reconciler shares).
@@ -107,7 +109,7 @@ func Run(ctx context.Context, o Options) error {
 	}
 	logger := logging.FromContext(ctx)
 
-	nc, err := o.NATS.connect(logger)
+	nc, err := natsconn.Connect(o.NATS, "koffeeshop-controller", zapLogger{logger})
 	if err != nil {
 		return err
 	}
@@ -153,3 +155,10 @@ func run(ctx context.Context, informers []controller.Informer, js jetstream.JetS
 	eg.Go(func() error { return controller.StartAll(egCtx, impls...) })
 	return eg.Wait()
 }
+
+// zapLogger tells natsconn's connection news to the control plane's zap
+// logger, which Knative's injection and reconcilers share.
+type zapLogger struct{ l *zap.SugaredLogger }
+
+func (z zapLogger) Info(msg string, kv ...any) { z.l.Infow(msg, kv...) }
+func (z zapLogger) Warn(msg string, kv ...any) { z.l.Warnw(msg, kv...) }

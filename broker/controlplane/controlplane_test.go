@@ -33,6 +33,7 @@ import (
 	"knative.dev/pkg/system"
 
 	"github.com/koffeeshop/koffeeshop/broker"
+	"github.com/koffeeshop/koffeeshop/broker/natsconn"
 	brokerreconciler "github.com/koffeeshop/koffeeshop/broker/reconciler"
 	"github.com/koffeeshop/koffeeshop/local/natsd"
 	"github.com/koffeeshop/koffeeshop/triggers"
@@ -318,15 +319,15 @@ func TestRunErrors(t *testing.T) {
 		env     string
 		wantErr string
 	}{
-		{name: "no REST config", o: Options{NATS: NATSOptions{URL: srv.ClientURL()}}, wantErr: "REST config is required"},
-		{name: "no system namespace", o: Options{KubeConfig: unreachable, NATS: NATSOptions{URL: srv.ClientURL()}}, env: "-",
+		{name: "no REST config", o: Options{NATS: natsconn.Options{URL: srv.ClientURL()}}, wantErr: "REST config is required"},
+		{name: "no system namespace", o: Options{KubeConfig: unreachable, NATS: natsconn.Options{URL: srv.ClientURL()}}, env: "-",
 			wantErr: "SYSTEM_NAMESPACE must name"},
 		{name: "no NATS URL", o: Options{KubeConfig: unreachable}, wantErr: "NATS URL is required"},
-		{name: "a certificate without its key", o: Options{KubeConfig: unreachable, NATS: NATSOptions{URL: srv.ClientURL(), CertFile: "tls.crt"}},
+		{name: "a certificate without its key", o: Options{KubeConfig: unreachable, NATS: natsconn.Options{URL: srv.ClientURL(), CertFile: "tls.crt"}},
 			wantErr: "both its certificate and its key"},
-		{name: "a CA file that is not there", o: Options{KubeConfig: unreachable, NATS: NATSOptions{URL: srv.ClientURL(), CAFile: "/nonexistent/ca.crt"}},
+		{name: "a CA file that is not there", o: Options{KubeConfig: unreachable, NATS: natsconn.Options{URL: srv.ClientURL(), CAFile: "/nonexistent/ca.crt"}},
 			wantErr: "connect to NATS"},
-		{name: "an unreachable API server", o: Options{KubeConfig: unreachable, NATS: NATSOptions{URL: srv.ClientURL()}},
+		{name: "an unreachable API server", o: Options{KubeConfig: unreachable, NATS: natsconn.Options{URL: srv.ClientURL()}},
 			wantErr: "start informers"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -356,7 +357,7 @@ func startNATS(t *testing.T, port int) *natsd.Server {
 // connect connects as Run does.
 func connect(t *testing.T, ctx context.Context, url string) jetstream.JetStream {
 	t.Helper()
-	nc, err := NATSOptions{URL: url}.connect(logging.FromContext(ctx))
+	nc, err := natsconn.Connect(natsconn.Options{URL: url}, "koffeeshop-controller-test", zapLogger{logging.FromContext(ctx)})
 	if err != nil {
 		t.Fatal(err)
 	}
