@@ -9,7 +9,7 @@ FUZZTIME ?= 10s
 # Test artifacts (the board's screenshot) land under $(ARTIFACTS)/_artifacts.
 ARTIFACTS ?= $(CURDIR)/.artifacts
 
-.PHONY: all build run test test-faults vet fmt-check fuzz bench clean
+.PHONY: all build run test test-faults vet fmt-check fuzz bench clean kube-apiserver
 
 all: build
 
@@ -22,11 +22,13 @@ build:
 run: build
 	./$(BIN)/koffeeshop -config config -bin-dir $(BIN) -addr $(ADDR) -data-dir $(DATA)
 
-## test: formatting, every test with the race detector and all vet checks,
-## then each fuzz target for $(FUZZTIME)
-test: fmt-check
+## test: formatting, every test with the race detector and all vet checks
+## (the cluster tests on a real kube-apiserver and etcd among them), then
+## each fuzz target for $(FUZZTIME), then the fault tests
+test: fmt-check kube-apiserver
 	@mkdir -p $(ARTIFACTS)
-	$(GO) test -race -vet=all -count=1 -timeout 20m -artifacts -outputdir $(ARTIFACTS) ./...
+	KUBE_APISERVER=$(abspath $(KUBE_APISERVER)) KOFFEESHOP_REQUIRE_APISERVER=1 \
+		$(GO) test -race -vet=all -count=1 -timeout 20m -artifacts -outputdir $(ARTIFACTS) ./...
 	$(MAKE) --no-print-directory fuzz
 	$(MAKE) --no-print-directory test-faults
 
@@ -44,6 +46,14 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzAcceptedEventRoundTrip$$' -fuzztime $(FUZZTIME) ./triggers
 	$(GO) test -run '^$$' -fuzz '^FuzzFilter$$' -fuzztime $(FUZZTIME) ./triggers
 	$(GO) test -run '^$$' -fuzz '^FuzzParseReply$$' -fuzztime $(FUZZTIME) ./triggers
+
+## kube-apiserver: build kube-apiserver from k8s.io/kubernetes (its own
+## module, .ci/kube-apiserver) into $(BIN)/, once: about 6 minutes on 2 cores
+KUBE_APISERVER ?= $(BIN)/kube-apiserver
+kube-apiserver: $(KUBE_APISERVER)
+$(KUBE_APISERVER): .ci/kube-apiserver/go.mod .ci/kube-apiserver/go.sum
+	@echo "building kube-apiserver (k8s.io/kubernetes $$(sed -n 's/^require k8s.io\/kubernetes //p' .ci/kube-apiserver/go.mod)) into $(BIN)/; the first time takes minutes" >&2
+	cd .ci/kube-apiserver && $(GO) build -o $(abspath $@) k8s.io/kubernetes/cmd/kube-apiserver
 
 vet:
 	$(GO) vet ./...
