@@ -1,6 +1,9 @@
 // Package config loads the Knative manifests in config/ with Knative's own
 // API types, applies their defaults and runs their validation, exactly as the
-// Knative webhooks would before admitting them to a cluster.
+// Knative webhooks would before admitting them to a cluster. The Kubernetes
+// objects beside them (the control and data plane of the KoffeeshopJetStream
+// Broker class) are decoded strictly into their k8s.io/api types, checked,
+// and kept apart in Set.Cluster: the local runner does not run them.
 package config
 
 import (
@@ -42,6 +45,9 @@ type Set struct {
 	Triggers   []*eventingv1.Trigger
 	Services   []*servingv1.Service
 	ConfigMaps []*corev1.ConfigMap
+	// Cluster holds what only a cluster runs: Namespaces, ServiceAccounts,
+	// RBAC, Deployments and Kubernetes Services.
+	Cluster ClusterObjects
 }
 
 // LoadDir reads every .yaml, .yml and .json file in each dir (not
@@ -147,7 +153,8 @@ func (s *Set) add(raw []byte) error {
 	if err != nil {
 		return fmt.Errorf("apiVersion %q: %w", meta.APIVersion, err)
 	}
-	switch gv.WithKind(meta.Kind) {
+	gvk := gv.WithKind(meta.Kind)
+	switch gvk {
 	case brokerGVK:
 		b := &eventingv1.Broker{}
 		if err := yaml.UnmarshalStrict(raw, b); err != nil {
@@ -173,14 +180,19 @@ func (s *Set) add(raw []byte) error {
 		}
 		s.ConfigMaps = append(s.ConfigMaps, cm)
 	default:
+		if ok, err := s.Cluster.add(gvk, raw); ok {
+			return err
+		}
 		return fmt.Errorf("unsupported kind %s %s", meta.APIVersion, meta.Kind)
 	}
 	return nil
 }
 
 // Finish applies namespace and Knative defaults, runs each resource's own
-// Validate and then checks the references between them: every Trigger names a
-// Broker in the set, and every Trigger subscriber or dead-letter sink that
+// Validate (Knative's for Knative resources; for the Kubernetes objects in
+// Cluster, the API machinery's checks of metadata and what the API server
+// refuses) and then checks the references between them: every Trigger names
+// a Broker in the set, and every Trigger subscriber or dead-letter sink that
 // refers to a Service names one in the set.
 func (s *Set) Finish(ctx context.Context) error {
 	// Validate against the cluster's feature flags when the caller put them in
@@ -211,7 +223,11 @@ func (s *Set) Finish(ctx context.Context) error {
 	}
 	for _, cm := range s.ConfigMaps {
 		defaultNamespace(&cm.Namespace)
+		if err := validateConfigMap(cm); err != nil {
+			errs = append(errs, err)
+		}
 	}
+	errs = append(errs, s.Cluster.finish()...)
 	errs = append(errs, s.checkUnique()...)
 	errs = append(errs, s.checkReferences()...)
 	return errors.Join(errs...)
@@ -242,6 +258,10 @@ func (s *Set) checkUnique() []error {
 	for _, svc := range s.Services {
 		check("Service", svc.Namespace, svc.Name)
 	}
+	for _, cm := range s.ConfigMaps {
+		check("ConfigMap", cm.Namespace, cm.Name)
+	}
+	s.Cluster.checkUnique(check)
 	return errs
 }
 

@@ -76,14 +76,101 @@ metadata:
   annotations:
     eventing.knative.dev/broker.class: MTChannelBasedBroker
 `
+	// A valid Deployment, which the cases below break.
+	const deployment = `
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: d}
+spec:
+  selector: {matchLabels: {app: x}}
+  template:
+    metadata:
+      labels: {app: x}
+    spec:
+      containers:
+        - name: c
+          image: ko://example.com/c
+          ports: [{name: health, containerPort: 8080}]
+          readinessProbe: {httpGet: {path: /, port: health}}`
+	if _, err := config.Parse(context.Background(), strings.NewReader(deployment), "deployment"); err != nil {
+		t.Fatalf("the base Deployment does not validate: %v", err)
+	}
 	cases := []struct {
 		name, yaml, want string
 	}{
 		{"unknown kind", `
-apiVersion: apps/v1
-kind: Deployment
+apiVersion: batch/v1
+kind: CronJob
 metadata: {name: x}
 `, "unsupported kind"},
+		{"unknown field in a Deployment", deployment + `
+      serviceAcountName: x
+`, "unknown field \"serviceAcountName\""},
+		{"a Deployment whose selector misses its pods", strings.Replace(deployment, "labels: {app: x}", "labels: {app: y}", 1), "`selector` does not match template `labels`"},
+		{"a probe on a port the container does not have", strings.Replace(deployment, "port: health", "port: helth", 1), "readinessProbe.httpGet.port: Not found: \"helth\""},
+		{"a mount of a volume the pod does not have", deployment + `
+          volumeMounts: [{name: ghost, mountPath: /x}]
+`, "volumeMounts[0].name: Not found: \"ghost\""},
+		{"an env var with two sources", deployment + `
+          env:
+            - name: X
+              valueFrom:
+                fieldRef: {fieldPath: metadata.namespace}
+                configMapKeyRef: {name: c, key: k}
+`, "must have exactly one source"},
+		{"a namespace on a ClusterRole", `
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: r, namespace: default}
+rules: [{apiGroups: [""], resources: [pods], verbs: [get]}]
+`, "metadata.namespace: Forbidden"},
+		{"a rule without verbs", `
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: r}
+rules: [{apiGroups: [""], resources: [pods]}]
+`, "rules[0].verbs: Required"},
+		{"a ClusterRoleBinding to a Role", `
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: b}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: r}
+subjects: [{kind: ServiceAccount, name: s, namespace: default}]
+`, "roleRef.kind: Unsupported value: \"Role\""},
+		{"a cluster-wide ServiceAccount subject without a namespace", `
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: b}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: r}
+subjects: [{kind: ServiceAccount, name: s}]
+`, "subjects[0].namespace: Required"},
+		{"a Service name that is no DNS-1035 label", `
+apiVersion: v1
+kind: Service
+metadata: {name: 1nats}
+spec: {ports: [{port: 80}]}
+`, "metadata.name: Invalid value"},
+		{"a Service port out of range", `
+apiVersion: v1
+kind: Service
+metadata: {name: s}
+spec: {ports: [{port: 80000}]}
+`, "spec.ports[0].port: Invalid value"},
+		{"a ConfigMap key that is not one", `
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: c}
+data: {"max age": 1h}
+`, "a valid config key"},
+		{"duplicate ServiceAccount", `
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: s}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: s, namespace: default}
+`, "ServiceAccount default/s is defined twice"},
 		{"unknown field is rejected", broker + `
 spec:
   delivery:
