@@ -2,6 +2,7 @@ package config_test
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -16,6 +17,7 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"knative.dev/eventing/pkg/apis/eventing"
 	eventingv1 "knative.dev/eventing/pkg/apis/eventing/v1"
@@ -58,18 +60,61 @@ func TestKoDeploysWhatTheRunnerLoads(t *testing.T) {
 // pkg/reconciler/broker/config.go).
 const channelTemplateKey = "channel-template-spec"
 
-// TestBrokerUsesJetStreamChannel checks the on-cluster wiring of every Broker:
-// class MTChannelBasedBroker, whose spec.config names a ConfigMap in config/
-// whose channel template is eventing-natss' NatsJetStreamChannel.
-func TestBrokerUsesJetStreamChannel(t *testing.T) {
-	set, err := config.LoadDir(context.Background(), ".")
+// mtChannelBroker is the alternative Broker setup: Knative's
+// MTChannelBasedBroker on eventing-natss' JetStream channel.
+const mtChannelBroker = "alternatives/mt-channel-broker"
+
+// loadAlternative loads the function manifests of config/ with the
+// alternative Broker in place of config/broker.yaml, as its README applies
+// them.
+func loadAlternative(t *testing.T) *config.Set {
+	t.Helper()
+	paths, err := filepath.Glob(filepath.Join(mtChannelBroker, "*.yaml"))
+	if err != nil || len(paths) == 0 {
+		t.Fatalf("no manifests in %s: %v", mtChannelBroker, err)
+	}
+	for _, fn := range []string{"take-order", "prepare-beverage", "notify"} {
+		paths = append(paths, fn+".yaml")
+	}
+	var all bytes.Buffer
+	for _, p := range paths {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(&all, "---\n%s\n", b)
+	}
+	set, err := config.Parse(context.Background(), &all, mtChannelBroker)
+	if err != nil {
+		t.Fatalf("%s with the functions of config/ does not validate: %v", mtChannelBroker, err)
+	}
+	return set
+}
+
+// TestAlternativeBrokerUsesJetStreamChannel checks the alternative's wiring:
+// class MTChannelBasedBroker, whose spec.config names a ConfigMap beside it
+// whose channel template is eventing-natss' NatsJetStreamChannel, and the
+// same delivery (retries, backoff, timeout, dead-letter sink) as the
+// Broker in config/.
+func TestAlternativeBrokerUsesJetStreamChannel(t *testing.T) {
+	set := loadAlternative(t)
+	if len(set.Brokers) != 1 {
+		t.Fatalf("%s has %d Brokers, want 1", mtChannelBroker, len(set.Brokers))
+	}
+	alt := set.Brokers[0]
+	if err := checkJetStreamBroker(set, alt); err != nil {
+		t.Errorf("Broker %s/%s: %v", alt.Namespace, alt.Name, err)
+	}
+	shipped, err := config.LoadDir(context.Background(), ".")
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, b := range set.Brokers {
-		if err := checkJetStreamBroker(set, b); err != nil {
-			t.Errorf("Broker %s/%s: %v", b.Namespace, b.Name, err)
-		}
+	b := shipped.Broker(alt.Namespace, alt.Name)
+	if b == nil {
+		t.Fatalf("config/ has no Broker %s/%s", alt.Namespace, alt.Name)
+	}
+	if !equality.Semantic.DeepEqual(b.Spec.Delivery, alt.Spec.Delivery) {
+		t.Errorf("the alternative's delivery differs from config/broker.yaml's:\n%+v\n%+v", alt.Spec.Delivery, b.Spec.Delivery)
 	}
 }
 
@@ -85,7 +130,7 @@ func checkJetStreamBroker(set *config.Set, b *eventingv1.Broker) error {
 		return cm.Namespace == ref.Namespace && cm.Name == ref.Name
 	})
 	if i < 0 {
-		return fmt.Errorf("ConfigMap %s/%s is not in config/", ref.Namespace, ref.Name)
+		return fmt.Errorf("ConfigMap %s/%s is not in the manifests", ref.Namespace, ref.Name)
 	}
 	raw, ok := set.ConfigMaps[i].Data[channelTemplateKey]
 	if !ok {
@@ -124,7 +169,7 @@ spec:
 	}{
 		{"in-memory channel", channelTemplateKey, "messaging.knative.dev/v1", "InMemoryChannel", ", namespace: default", "want messaging.knative.dev/v1alpha1 NatsJetStreamChannel"},
 		{"misspelt key", "channel-template", "messaging.knative.dev/v1alpha1", "NatsJetStreamChannel", ", namespace: default", "has no channel-template-spec"},
-		{"config elsewhere", channelTemplateKey, "messaging.knative.dev/v1alpha1", "NatsJetStreamChannel", ", namespace: knative-eventing", "ConfigMap knative-eventing/ch is not in config/"},
+		{"config elsewhere", channelTemplateKey, "messaging.knative.dev/v1alpha1", "NatsJetStreamChannel", ", namespace: knative-eventing", "ConfigMap knative-eventing/ch is not in the manifests"},
 		{"ok", channelTemplateKey, "messaging.knative.dev/v1alpha1", "NatsJetStreamChannel", ", namespace: default", ""},
 	}
 	for _, tc := range cases {
@@ -148,13 +193,12 @@ spec:
 	}
 }
 
-// clusterSet is what config/cluster holds: the NATS server and the
-// eventing-natss configuration that the on-cluster Broker needs.
+// clusterSet is what config/cluster holds: the NATS server that the
+// Broker class (and the alternative's eventing-natss) connect to.
 type clusterSet struct {
 	namespaces   []*corev1.Namespace
 	services     []*corev1.Service
 	statefulSets []*appsv1.StatefulSet
-	configMaps   []*corev1.ConfigMap
 }
 
 func loadClusterDir(dir string) (*clusterSet, error) {
@@ -211,9 +255,6 @@ func (s *clusterSet) add(raw []byte) error {
 	case "apps/v1 StatefulSet":
 		sts := &appsv1.StatefulSet{}
 		s.statefulSets, obj = append(s.statefulSets, sts), sts
-	case "v1 ConfigMap":
-		cm := &corev1.ConfigMap{}
-		s.configMaps, obj = append(s.configMaps, cm), cm
 	case " ":
 		return nil // only comments
 	default:
@@ -225,54 +266,82 @@ func (s *clusterSet) add(raw []byte) error {
 	return nil
 }
 
-// TestClusterManifests follows the path from eventing-natss to JetStream
-// through config/cluster: the config-nats ConfigMap that the channel
-// dispatcher mounts names a Service there, on that Service's client port,
-// whose pods are a StatefulSet running nats-server with JetStream on a
-// persistent volume.
+// natsClientURLs are the NATS URLs config/ and the alternative hand their
+// clients: the koffeeshop-nats ConfigMap of the Broker class, and
+// eventing-natss' config-nats (its eventing-nats key; eventing-natss:
+// pkg/common/constants SettingsConfigMapName and
+// EventingNatsSettingsConfigKey, in the eventing system namespace).
+func natsClientURLs(t *testing.T) map[string]string {
+	t.Helper()
+	urls := map[string]string{}
+	shipped, err := config.LoadDir(context.Background(), ".")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cm := findConfigMap(shipped, "koffeeshop-system", "koffeeshop-nats")
+	if cm == nil {
+		t.Fatal("no ConfigMap koffeeshop-system/koffeeshop-nats in config/")
+	}
+	urls["config/300-nats.yaml"] = cm.Data["NATS_URL"]
+
+	alt := loadAlternative(t)
+	cm = findConfigMap(alt, "knative-eventing", "config-nats")
+	if cm == nil {
+		t.Fatalf("no ConfigMap knative-eventing/config-nats in %s", mtChannelBroker)
+	}
+	var nc struct {
+		URL string `json:"url"`
+	}
+	if err := yaml.Unmarshal([]byte(cm.Data["eventing-nats"]), &nc); err != nil {
+		t.Fatalf("config-nats eventing-nats: %v", err)
+	}
+	urls[mtChannelBroker+"/config-nats.yaml"] = nc.URL
+	return urls
+}
+
+func findConfigMap(set *config.Set, ns, name string) *corev1.ConfigMap {
+	i := slices.IndexFunc(set.ConfigMaps, func(cm *corev1.ConfigMap) bool { return cm.Namespace == ns && cm.Name == name })
+	if i < 0 {
+		return nil
+	}
+	return set.ConfigMaps[i]
+}
+
+// TestClusterManifests follows the path from each NATS client to JetStream
+// through config/cluster: the URL names a Service there, on that Service's
+// client port, whose pods are a StatefulSet running nats-server with
+// JetStream on a persistent volume.
 func TestClusterManifests(t *testing.T) {
 	s, err := loadClusterDir("cluster")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := s.checkNATSPath(); err != nil {
-		t.Fatal(err)
+	for from, url := range natsClientURLs(t) {
+		if err := s.checkNATSPath(url); err != nil {
+			t.Errorf("%s: %v", from, err)
+		}
 	}
 }
 
-func (s *clusterSet) checkNATSPath() error {
-	// eventing-natss: pkg/common/constants SettingsConfigMapName and
-	// EventingNatsSettingsConfigKey, in the eventing system namespace.
-	i := slices.IndexFunc(s.configMaps, func(cm *corev1.ConfigMap) bool {
-		return cm.Namespace == "knative-eventing" && cm.Name == "config-nats"
-	})
-	if i < 0 {
-		return errors.New("no ConfigMap knative-eventing/config-nats")
-	}
-	var nc struct {
-		URL string `json:"url"`
-	}
-	if err := yaml.Unmarshal([]byte(s.configMaps[i].Data["eventing-nats"]), &nc); err != nil {
-		return fmt.Errorf("config-nats eventing-nats: %w", err)
-	}
-	u, err := url.Parse(nc.URL)
+func (s *clusterSet) checkNATSPath(natsURL string) error {
+	u, err := url.Parse(natsURL)
 	if err != nil || u.Scheme != "nats" {
-		return fmt.Errorf("config-nats url %q is not a nats:// URL", nc.URL)
+		return fmt.Errorf("url %q is not a nats:// URL", natsURL)
 	}
 	host, port, err := net.SplitHostPort(u.Host)
 	if err != nil {
-		return fmt.Errorf("config-nats url %q: %w", nc.URL, err)
+		return fmt.Errorf("url %q: %w", natsURL, err)
 	}
 	name, ns, ok := strings.Cut(strings.TrimSuffix(host, ".svc.cluster.local"), ".")
 	if !ok || strings.Contains(ns, ".") {
-		return fmt.Errorf("config-nats url %q does not name a Service as <name>.<namespace>.svc.cluster.local", nc.URL)
+		return fmt.Errorf("url %q does not name a Service as <name>.<namespace>.svc.cluster.local", natsURL)
 	}
 	if !slices.ContainsFunc(s.namespaces, func(n *corev1.Namespace) bool { return n.Name == ns }) {
 		return fmt.Errorf("namespace %s is not in config/cluster", ns)
 	}
 	j := slices.IndexFunc(s.services, func(svc *corev1.Service) bool { return svc.Namespace == ns && svc.Name == name })
 	if j < 0 {
-		return fmt.Errorf("config-nats names Service %s/%s, which is not in config/cluster", ns, name)
+		return fmt.Errorf("url names Service %s/%s, which is not in config/cluster", ns, name)
 	}
 	svc := s.services[j]
 	k := slices.IndexFunc(svc.Spec.Ports, func(p corev1.ServicePort) bool { return fmt.Sprint(p.Port) == port })
@@ -338,42 +407,39 @@ func checkNATSServer(sts *appsv1.StatefulSet, targetPort string) error {
 }
 
 func TestClusterManifestsFail(t *testing.T) {
-	dir := t.TempDir()
+	const good = "nats://nats.nats-io.svc.cluster.local:4222"
 	nats, err := os.ReadFile(filepath.Join("cluster", "nats.yaml"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg, err := os.ReadFile(filepath.Join("cluster", "config-nats.yaml"))
-	if err != nil {
-		t.Fatal(err)
-	}
 	cases := []struct {
-		name, file, from, to, want string
+		name, url, from, to, want string
 	}{
-		{"wrong host", "config-nats.yaml", "nats://nats.nats-io", "nats://jetstream.nats-io", "Service nats-io/jetstream"},
-		{"wrong port", "config-nats.yaml", "cluster.local:4222", "cluster.local:4223", "no port 4223"},
-		{"no jetstream", "nats.yaml", "- --jetstream", "- --debug", "without --jetstream"},
-		{"store not persistent", "nats.yaml", "mountPath: /data", "mountPath: /scratch", "not a mounted volume"},
-		{"selector mismatch", "nats.yaml", "  selector:\n    app.kubernetes.io/name: nats\n", "  selector:\n    app.kubernetes.io/name: other\n", "selects"},
+		{"wrong host", "nats://jetstream.nats-io.svc.cluster.local:4222", "", "", "Service nats-io/jetstream"},
+		{"wrong port", "nats://nats.nats-io.svc.cluster.local:4223", "", "", "no port 4223"},
+		{"not a Service name", "nats://nats.example.com:4222", "", "", "does not name a Service"},
+		{"no jetstream", good, "- --jetstream", "- --debug", "without --jetstream"},
+		{"store not persistent", good, "mountPath: /data", "mountPath: /scratch", "not a mounted volume"},
+		{"selector mismatch", good, "  selector:\n    app.kubernetes.io/name: nats\n", "  selector:\n    app.kubernetes.io/name: other\n", "selects"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			files := map[string][]byte{"nats.yaml": nats, "config-nats.yaml": cfg}
-			name := tc.file
-			if !strings.Contains(string(files[name]), tc.from) {
-				t.Fatalf("%s does not contain %q", name, tc.from)
-			}
-			files[name] = []byte(strings.Replace(string(files[name]), tc.from, tc.to, 1))
-			for n, b := range files {
-				if err := os.WriteFile(filepath.Join(dir, n), b, 0o644); err != nil {
-					t.Fatal(err)
+			dir := t.TempDir()
+			body := string(nats)
+			if tc.from != "" {
+				if !strings.Contains(body, tc.from) {
+					t.Fatalf("nats.yaml does not contain %q", tc.from)
 				}
+				body = strings.Replace(body, tc.from, tc.to, 1)
+			}
+			if err := os.WriteFile(filepath.Join(dir, "nats.yaml"), []byte(body), 0o644); err != nil {
+				t.Fatal(err)
 			}
 			s, err := loadClusterDir(dir)
 			if err != nil {
 				t.Fatal(err)
 			}
-			err = s.checkNATSPath()
+			err = s.checkNATSPath(tc.url)
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("error %v, want one containing %q", err, tc.want)
 			}
