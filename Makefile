@@ -4,6 +4,9 @@ BIN     ?= bin
 ADDR    ?= 127.0.0.1:8080
 DATA    ?= .koffeeshop/data
 FUNCS   := take-order prepare-beverage notify
+# The processes of the KoffeeshopJetStream Broker class, which config/ deploys
+# (ko:// images of its Deployments): the controller, the ingress, the dispatcher.
+CLASS_CMDS := broker/cmd/controller broker/cmd/ingress triggers/cmd/dispatcher
 
 FUZZTIME ?= 10s
 # Test artifacts (the board's screenshot) land under $(ARTIFACTS)/_artifacts.
@@ -97,12 +100,14 @@ ko:
 		GOBIN=$(abspath $(BIN)) $(GO) install github.com/google/ko@$(KO_VERSION); \
 	fi
 
-## images: build the function images offline into the OCI layout $(IMAGES)/
-## (ko names the layout like a repository: keep the path lower case)
+## images: build every image config/ names (the functions and the Broker
+## class's controller, ingress and dispatcher) offline into the OCI layout
+## $(IMAGES)/ (ko names the layout like a repository: keep the path lower case)
 images: ko
 	@rm -rf $(IMAGES)
 	@$(KO_RUN) KO_DOCKER_REPO=$(DRY_RUN_REPO) $(KO) build --push=false \
-		--platform=$(KO_PLATFORM) --oci-layout-path $(IMAGES) $(addprefix ./functions/,$(FUNCS))
+		--platform=$(KO_PLATFORM) --oci-layout-path $(IMAGES) \
+		$(addprefix ./functions/,$(FUNCS)) $(addprefix ./,$(CLASS_CMDS))
 
 ## deploy-dry-run: print config/ as `make deploy` applies it, images resolved
 ## to digests; needs no cluster and pushes nothing

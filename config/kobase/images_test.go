@@ -12,8 +12,10 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"path"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -24,6 +26,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/layout"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	servingv1 "knative.dev/serving/pkg/apis/serving/v1"
 
@@ -33,21 +36,29 @@ import (
 // functions are the function Services of config/, one image each.
 var functions = []string{"take-order", "prepare-beverage", "notify"}
 
-// TestFunctionImages runs `make images` and `make deploy-dry-run` as a
-// developer would, offline, and checks what Knative would run: the resolved
-// manifests still validate, each Service's image is one that `make images`
-// built, on the koffeeshop base, with the entrypoint /ko-app/<function>, a
-// static binary of that name in its layers, and that binary, started as
-// Knative starts a container (the Service's env, PORT), passes the Service's
-// readiness probe and exits cleanly on SIGTERM.
-func TestFunctionImages(t *testing.T) {
+// TestImages runs `make images` and `make deploy-dry-run` as a developer
+// would, offline, and checks what the cluster would run: the resolved
+// manifests still validate, and every image in them (each function
+// Service's, each Deployment's of the Broker class) is one that `make
+// images` built, on the koffeeshop base, running as 65532 with the
+// entrypoint /ko-app/<name> and a static binary of that name in its
+// layers. A function's binary, started as Knative starts a container (the
+// Service's env, PORT), passes the Service's readiness probe and exits
+// cleanly on SIGTERM; a class binary answers -h (see checkClassImage).
+func TestImages(t *testing.T) {
 	if testing.Short() {
-		t.Skip("builds the function images with ko")
+		t.Skip("builds the images with ko")
 	}
 	if _, err := exec.LookPath("make"); err != nil {
 		t.Skip("make is not installed")
 	}
 	root, err := filepath.Abs(filepath.Join("..", ".."))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The Deployments as config/ names their images (ko://<package>),
+	// before ko resolves them.
+	unresolved, err := config.LoadDir(context.Background(), filepath.Join(root, "config"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -87,8 +98,8 @@ func TestFunctionImages(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(im.Manifests) != len(functions) {
-		t.Errorf("make images built %d images, want %d", len(im.Manifests), len(functions))
+	if want := len(functions) + len(unresolved.Cluster.Deployments); len(im.Manifests) != want {
+		t.Errorf("make images built %d images, want %d: every image config/ names", len(im.Manifests), want)
 	}
 	base, err := baseFor(v1.Platform{OS: "linux", Architecture: runtime.GOARCH})
 	if err != nil {
@@ -105,17 +116,118 @@ func TestFunctionImages(t *testing.T) {
 			checkFunctionImage(t, built, base, svc)
 		})
 	}
+	if len(unresolved.Cluster.Deployments) == 0 {
+		t.Error("config/ has no Deployments")
+	}
+	for _, u := range unresolved.Cluster.Deployments {
+		i := slices.IndexFunc(set.Cluster.Deployments, func(d *appsv1.Deployment) bool { return d.Namespace == u.Namespace && d.Name == u.Name })
+		if i < 0 {
+			t.Errorf("no Deployment %s/%s in the resolved manifests", u.Namespace, u.Name)
+			continue
+		}
+		d := set.Cluster.Deployments[i]
+		for j, c := range d.Spec.Template.Spec.Containers {
+			pkg, ok := strings.CutPrefix(u.Spec.Template.Spec.Containers[j].Image, "ko://")
+			if !ok {
+				t.Errorf("Deployment %s container %s: image %q is not a ko:// image", d.Name, c.Name, u.Spec.Template.Spec.Containers[j].Image)
+				continue
+			}
+			t.Run(path.Base(pkg), func(t *testing.T) {
+				checkClassImage(t, built, base, path.Base(pkg), c)
+			})
+		}
+	}
+}
+
+// checkClassImage checks the image of a process of the Broker class (the
+// controller, the ingress, the dispatcher), as deploy-dry-run resolved it:
+// the image's metadata and its static binary, as for a function, and that
+// the binary answers -h with its usage and exits by itself.
+//
+// Its readiness probe is not exercised here: each of these processes needs
+// the Kubernetes API (the controller starts its probe server only once its
+// informers have synced; the ingress and the dispatcher learn Brokers and
+// Triggers from informers too), and there is no API server in this test.
+// Running them against one is the cluster test's job.
+func checkClassImage(t *testing.T, built v1.ImageIndex, base v1.Hash, name string, c corev1.Container) {
+	img := builtImage(t, built, base, c.Image, "/ko-app/"+name)
+	bin := filepath.Join(t.TempDir(), name)
+	if err := extract(img, "ko-app/"+name, bin); err != nil {
+		t.Fatal(err)
+	}
+	if err := checkStaticELF(bin, runtime.GOARCH); err != nil {
+		t.Fatal(err)
+	}
+	if runtime.GOOS == "linux" {
+		checkHelp(t, bin)
+	}
+}
+
+// checkHelp runs `bin -h` with an empty environment, as a pod without
+// configuration would, and requires the usage of the NATS flags every
+// process of the class shares (broker/natsconn) and an exit by itself,
+// within 10 seconds: status 0, or 2, which the flag package's
+// ContinueOnError convention gives -h (broker/cmd/controller exits 2 on
+// any flag error, -h included); never a signal, a panic, or a hang
+// waiting on a cluster.
+func checkHelp(t *testing.T, bin string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, "-h")
+	cmd.Env = []string{}
+	out, err := cmd.CombinedOutput()
+	if ctx.Err() != nil {
+		t.Fatalf("%s -h still ran after 10s\n%s", filepath.Base(bin), out)
+	}
+	code := 0
+	var exit *exec.ExitError
+	if errors.As(err, &exit) {
+		if !exit.Exited() {
+			t.Fatalf("%s -h: %v\n%s", filepath.Base(bin), err, out)
+		}
+		code = exit.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	if code != 0 && code != 2 {
+		t.Errorf("%s -h exited %d, want 0 or 2\n%s", filepath.Base(bin), code, out)
+	}
+	if bytes.Contains(out, []byte("panic:")) || bytes.Contains(out, []byte("goroutine ")) {
+		t.Errorf("%s -h panicked\n%s", filepath.Base(bin), out)
+	}
+	if !bytes.Contains(out, []byte("-nats-url")) {
+		t.Errorf("%s -h does not print the usage of -nats-url\n%s", filepath.Base(bin), out)
+	}
+	t.Logf("%s -h: exit %d, %d bytes of usage", filepath.Base(bin), code, len(out))
 }
 
 // checkFunctionImage checks the image of svc, as deploy-dry-run resolved it,
 // in the layout that make images wrote.
 func checkFunctionImage(t *testing.T, built v1.ImageIndex, base v1.Hash, svc *servingv1.Service) {
 	c := svc.Spec.Template.Spec.Containers[0]
-	ref, err := name.NewDigest(c.Image)
-	if err != nil {
-		t.Fatalf("image %q is not resolved to a digest: %v", c.Image, err)
+	app := "/ko-app/" + svc.Name
+	img := builtImage(t, built, base, c.Image, app)
+	bin := filepath.Join(t.TempDir(), svc.Name)
+	if err := extract(img, strings.TrimPrefix(app, "/"), bin); err != nil {
+		t.Fatal(err)
 	}
-	h, err := v1.NewHash(ref.DigestStr())
+	if err := checkStaticELF(bin, runtime.GOARCH); err != nil {
+		t.Fatal(err)
+	}
+	if runtime.GOOS == "linux" {
+		startLikeKnative(t, bin, c)
+	}
+}
+
+// builtImage finds the resolved image ref among those make images built,
+// and checks its entrypoint (app), user, platform and base.
+func builtImage(t *testing.T, built v1.ImageIndex, base v1.Hash, ref, app string) v1.Image {
+	t.Helper()
+	d, err := name.NewDigest(ref)
+	if err != nil {
+		t.Fatalf("image %q is not resolved to a digest: %v", ref, err)
+	}
+	h, err := v1.NewHash(d.DigestStr())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -127,8 +239,7 @@ func checkFunctionImage(t *testing.T, built v1.ImageIndex, base v1.Hash, svc *se
 	if err != nil {
 		t.Fatal(err)
 	}
-	app := "/ko-app/" + svc.Name
-	t.Logf("%s: %s entrypoint %v user %s %s/%s", svc.Name, h, cf.Config.Entrypoint, cf.Config.User, cf.OS, cf.Architecture)
+	t.Logf("%s: %s entrypoint %v user %s %s/%s", path.Base(app), h, cf.Config.Entrypoint, cf.Config.User, cf.OS, cf.Architecture)
 	if len(cf.Config.Entrypoint) != 1 || cf.Config.Entrypoint[0] != app {
 		t.Errorf("entrypoint %q, want [%s]", cf.Config.Entrypoint, app)
 	}
@@ -145,17 +256,7 @@ func checkFunctionImage(t *testing.T, built v1.ImageIndex, base v1.Hash, svc *se
 	if got := m.Annotations["org.opencontainers.image.base.digest"]; got != base.String() {
 		t.Errorf("base digest %q, want the koffeeshop base %s", got, base)
 	}
-
-	bin := filepath.Join(t.TempDir(), svc.Name)
-	if err := extract(img, strings.TrimPrefix(app, "/"), bin); err != nil {
-		t.Fatal(err)
-	}
-	if err := checkStaticELF(bin, runtime.GOARCH); err != nil {
-		t.Fatal(err)
-	}
-	if runtime.GOOS == "linux" {
-		startLikeKnative(t, bin, c)
-	}
+	return img
 }
 
 // baseFor is the digest of the base image for platform.
