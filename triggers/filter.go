@@ -77,13 +77,25 @@ func materialize(f eventingv1.SubscriptionsAPIFilter) (eventfilter.Filter, error
 		}
 		return subscriptionsapi.NewNotFilter(inner), nil
 	case f.CESQL != "":
-		cf, err := subscriptionsapi.NewCESQLFilter(f.CESQL)
+		cf, err := newCESQLFilter(f.CESQL)
 		if err != nil {
 			return nil, err
 		}
 		return failOnPanic{inner: cf}, nil
 	}
 	return nil, nil
+}
+
+// newCESQLFilter builds Knative's CESQL filter. Its parser panics on some
+// expressions that do not parse ("type = "): that is an invalid filter,
+// not a reason to take the dispatcher or the controller down.
+func newCESQLFilter(expr string) (f eventfilter.Filter, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			f, err = nil, fmt.Errorf("cesql %q does not parse: %v", expr, p)
+		}
+	}()
+	return subscriptionsapi.NewCESQLFilter(expr)
 }
 
 // failOnPanic turns a panic of the filter into a failed match. Knative's

@@ -86,3 +86,15 @@ func TestFilterDialects(t *testing.T) {
 		})
 	}
 }
+
+// TestUnparsableCESQLIsAnError: Knative's CESQL parser panics on some
+// expressions that do not parse; a Trigger with one is an invalid filter,
+// which the controller reports, not a panic that takes it down.
+func TestUnparsableCESQLIsAnError(t *testing.T) {
+	for _, expr := range []string{"type = ", "AND", "type LIKE"} {
+		tr := &eventingv1.Trigger{Spec: eventingv1.TriggerSpec{Broker: "default", Filters: []eventingv1.SubscriptionsAPIFilter{{CESQL: expr}}}}
+		if _, err := triggers.NewFilter(tr); err == nil {
+			t.Errorf("cesql %q: no error", expr)
+		}
+	}
+}

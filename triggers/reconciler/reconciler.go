@@ -44,6 +44,7 @@ const (
 	ReasonSubscriberResolveFailed     = "SubscriberResolveFailed"
 	ReasonDeadLetterSinkResolveFailed = "DeadLetterSinkResolveFailed"
 	ReasonInvalidDelivery             = "InvalidDelivery"
+	ReasonInvalidFilter               = "InvalidFilter"
 	ReasonNATSUnavailable             = "NATSUnavailable"
 	ReasonConsumerFailed              = "ConsumerFailed"
 )
@@ -158,6 +159,12 @@ func (r *Reconciler) FinalizeKind(ctx context.Context, t *eventingv1.Trigger) pk
 
 func (r *Reconciler) reconcileConsumer(ctx context.Context, t *eventingv1.Trigger, b *eventingv1.Broker) pkgreconciler.Event {
 	ref := BrokerRef(t)
+	if _, err := triggers.NewFilter(t); err != nil {
+		// Without Knative's webhook (or past it), a filter the dispatcher
+		// cannot build: say so, and make no consumer for it.
+		t.Status.MarkNotSubscribed(ReasonInvalidFilter, "%v", err)
+		return pkgreconciler.NewEvent(corev1.EventTypeWarning, ReasonInvalidFilter, "%v", err)
+	}
 	cc, err := triggers.ConsumerConfig(triggers.Config{
 		Trigger:     t,
 		Broker:      ref,
