@@ -1,6 +1,7 @@
 package triggers
 
 import (
+	"slices"
 	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -32,6 +33,15 @@ var (
 func (c *Collector) Add(d *Dispatcher) {
 	c.mu.Lock()
 	c.disps = append(c.disps, d)
+	c.mu.Unlock()
+}
+
+// Remove takes d's counters out of the collection, as a dispatcher that
+// stopped for good (or is replaced by a new one for the same Trigger,
+// whose series would otherwise be collected twice) has none to report.
+func (c *Collector) Remove(d *Dispatcher) {
+	c.mu.Lock()
+	c.disps = slices.DeleteFunc(c.disps, func(x *Dispatcher) bool { return x == d })
 	c.mu.Unlock()
 }
 
