@@ -103,4 +103,3 @@ func TestConnectLaterAndDrain(t *testing.T) {
 		t.Errorf("Drain of a closed connection = %v", err)
 	}
 }
-
