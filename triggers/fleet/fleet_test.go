@@ -224,6 +224,35 @@ func TestFleetsShareAConsumer(t *testing.T) {
 	}
 }
 
+// A Trigger's dead-letter sink is the one the controller resolved into
+// its status: an event its subscriber refuses goes there.
+func TestFleetDeadLetters(t *testing.T) {
+	e := newEnv(t)
+	refusing, sink := newSubscriber(t), newSubscriber(t)
+	refusing.code = http.StatusBadRequest
+	trig := newTrigger("take-order", "orders", refusing.url(), true)
+	trig.Spec.Delivery = &eventingduckv1.DeliverySpec{DeadLetterSink: &duckv1.Destination{URI: apis.HTTP("dead-letter.coffee.svc.cluster.local")}}
+	u, err := apis.ParseURL(sink.url())
+	if err != nil {
+		t.Fatal(err)
+	}
+	trig.Status.DeliveryStatus.DeadLetterSinkURI = u
+	e.makeConsumer(trig)
+	client, _ := fakeClient(newBroker("orders", brokerreconciler.ClassName), trig)
+	f := e.start(client, Options{})
+	f.waitFor(t, "coffee/take-order", started, 1)
+
+	seq := e.publish("refused", "com.koffeeshop.order.placed")
+	sink.waitFor(t, "refused")
+	e.waitAcked("take-order", seq)
+	if got := refusing.counts()["refused"]; got != 1 {
+		t.Errorf("the subscriber got the refused event %d times, want 1 (a 400 is not retried)", got)
+	}
+	if d := deadLettered(t, f.metrics(t), "coffee/take-order"); d != 1 {
+		t.Errorf("dead_lettered = %d, want 1", d)
+	}
+}
+
 // desired decides which Triggers get a loop, and with what.
 func TestDesired(t *testing.T) {
 	ready := newTrigger("ready", "orders", "http://sub.coffee.svc.cluster.local", true)
@@ -566,6 +595,7 @@ func (f *fleetUnderTest) stop(t *testing.T) {
 type subscriber struct {
 	srv   *httptest.Server
 	delay time.Duration
+	code  int // the answer, 200 when 0
 
 	mu    sync.Mutex
 	got   map[string]int
@@ -589,6 +619,10 @@ func newSubscriber(t *testing.T) *subscriber {
 		}
 		if s.delay > 0 {
 			time.Sleep(s.delay)
+		}
+		if s.code != 0 {
+			w.WriteHeader(s.code)
+			return
 		}
 		w.WriteHeader(http.StatusOK)
 	}))
@@ -633,10 +667,20 @@ func (s *subscriber) waitFor(t *testing.T, id string) {
 // delivered reads the Trigger's delivered count from a /metrics page.
 func delivered(t *testing.T, metrics, trigger string) int {
 	t.Helper()
-	re := regexp.MustCompile(`koffeeshop_trigger_events_total\{result="delivered",trigger="` + regexp.QuoteMeta(trigger) + `"\} (\d+)`)
+	return events(t, metrics, trigger, "delivered")
+}
+
+func deadLettered(t *testing.T, metrics, trigger string) int {
+	t.Helper()
+	return events(t, metrics, trigger, "dead_lettered")
+}
+
+func events(t *testing.T, metrics, trigger, result string) int {
+	t.Helper()
+	re := regexp.MustCompile(`koffeeshop_trigger_events_total\{result="` + result + `",trigger="` + regexp.QuoteMeta(trigger) + `"\} (\d+)`)
 	m := re.FindStringSubmatch(metrics)
 	if m == nil {
-		t.Fatalf("no delivered count for %s in /metrics", trigger)
+		t.Fatalf("no %s count for %s in /metrics", result, trigger)
 	}
 	n, _ := strconv.Atoi(m[1])
 	return n
