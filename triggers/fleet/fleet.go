@@ -63,6 +63,7 @@ const (
 	started  event = "started"
 	stopping event = "stopping"
 	stopped  event = "stopped"
+	failed   event = "failed" // Run returned by itself
 )
 
 // loop is the state of one Trigger's loop, guarded by Fleet.mu except for
@@ -273,7 +274,7 @@ func (f *Fleet) own(l *loop) {
 		retry   <-chan time.Time
 		backoff time.Duration
 	)
-	failed := func(err error) {
+	retryLater := func(err error) {
 		backoff = min(max(2*backoff, minBackoff), maxBackoff)
 		log.Error("Dispatcher failed, retrying", "error", err, "in", backoff)
 		retry = time.After(backoff)
@@ -291,11 +292,17 @@ func (f *Fleet) own(l *loop) {
 		case <-retry:
 			retry = nil
 		case err := <-ended:
-			// Run returned by itself: its consumer went away, or the
-			// connection closed.
 			f.coll.Remove(cur.d)
 			cur = nil
-			failed(err)
+			if f.ctx.Err() != nil {
+				// The fleet is stopping: Run drained and returned.
+				f.note(l.key, stopped)
+				return
+			}
+			// Run returned by itself: its consumer went away, or the
+			// connection closed.
+			f.note(l.key, failed)
+			retryLater(err)
 			continue
 		}
 
@@ -327,7 +334,7 @@ func (f *Fleet) own(l *loop) {
 		}
 		var err error
 		if cur, err = f.start(l.key, want); err != nil {
-			failed(err)
+			retryLater(err)
 			continue
 		}
 		backoff, retry = 0, nil

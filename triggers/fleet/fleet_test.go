@@ -253,6 +253,32 @@ func TestFleetDeadLetters(t *testing.T) {
 	}
 }
 
+// A dispatcher whose consumer goes away (someone deleted it) ends, and
+// its loop starts it again, with backoff, once the controller has made the
+// consumer again.
+func TestFleetRestartsADispatcherThatEnded(t *testing.T) {
+	e := newEnv(t)
+	sub := newSubscriber(t)
+	trig := newTrigger("take-order", "orders", sub.url(), true)
+	e.makeConsumer(trig)
+	client, _ := fakeClient(newBroker("orders", brokerreconciler.ClassName), trig)
+	f := e.start(client, Options{})
+	f.waitFor(t, "coffee/take-order", started, 1)
+
+	if err := e.js.DeleteConsumer(t.Context(), orders.StreamName(), triggers.ConsumerName(trig)); err != nil {
+		t.Fatal(err)
+	}
+	f.waitFor(t, "coffee/take-order", failed, 1)
+	e.makeConsumer(trig)
+	f.waitFor(t, "coffee/take-order", started, 2)
+	seq := e.publish("e1", "com.koffeeshop.order.placed")
+	sub.waitFor(t, "e1")
+	e.waitAcked("take-order", seq)
+	if m := f.metrics(t); strings.Count(m, `koffeeshop_trigger_in_flight{trigger="coffee/take-order"}`) != 1 {
+		t.Errorf("the restarted dispatcher's series should be there once:\n%s", grep(m, "koffeeshop_trigger_in_flight"))
+	}
+}
+
 // desired decides which Triggers get a loop, and with what.
 func TestDesired(t *testing.T) {
 	ready := newTrigger("ready", "orders", "http://sub.coffee.svc.cluster.local", true)
