@@ -13,11 +13,17 @@ import (
 	"github.com/cloudevents/sdk-go/v2/binding"
 	"github.com/nats-io/nats.go/jetstream"
 	"knative.dev/eventing/pkg/kncloudevents/attributes"
+
+	"github.com/koffeeshop/koffeeshop/broker"
 )
 
-// DeadLetterBucket is the JetStream key-value bucket in which dispatchers
-// remember the events that wait for their dead-letter sink.
-const DeadLetterBucket = "KOFFEESHOP_DEAD_LETTERS"
+// DeadLetterBucket is the JetStream key-value bucket in which the
+// dispatchers of a Broker's Triggers remember the events that wait for
+// their dead-letter sink: one per Broker, so its entries live as long as
+// that Broker's stream keeps an event.
+func DeadLetterBucket(b broker.Ref) string {
+	return "DEAD_LETTERS_" + b.StreamName()
+}
 
 // failure is why a delivery failed for good: what the dead-letter sink is
 // told in Knative's knativeerrordest, knativeerrorcode and knativeerrordata.
@@ -63,10 +69,10 @@ type deadLetters struct {
 
 // openDeadLetters creates the bucket, or binds to it. Entries expire with
 // ttl, the longest an event can wait in its stream.
-func openDeadLetters(ctx context.Context, js jetstream.JetStream, ttl time.Duration) (*deadLetters, error) {
+func openDeadLetters(ctx context.Context, js jetstream.JetStream, b broker.Ref, ttl time.Duration) (*deadLetters, error) {
 	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket:      DeadLetterBucket,
-		Description: "Events waiting for a Trigger's dead-letter sink",
+		Bucket:      DeadLetterBucket(b),
+		Description: "Events of Broker " + b.String() + " waiting for a Trigger's dead-letter sink",
 		TTL:         ttl,
 		Storage:     jetstream.FileStorage,
 	})
