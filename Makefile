@@ -12,7 +12,7 @@ FUZZTIME ?= 10s
 # Test artifacts (the board's screenshot) land under $(ARTIFACTS)/_artifacts.
 ARTIFACTS ?= $(CURDIR)/.artifacts
 
-.PHONY: all build run test test-faults vet fmt-check fuzz bench clean kube-apiserver
+.PHONY: all build run test test-faults vet fmt-check fuzz bench clean kube-apiserver e2e-kind
 
 all: build
 
@@ -57,6 +57,11 @@ kube-apiserver: $(KUBE_APISERVER)
 $(KUBE_APISERVER): .ci/kube-apiserver/go.mod .ci/kube-apiserver/go.sum
 	@echo "building kube-apiserver (k8s.io/kubernetes $$(sed -n 's/^require k8s.io\/kubernetes //p' .ci/kube-apiserver/go.mod)) into $(BIN)/; the first time takes minutes" >&2
 	cd .ci/kube-apiserver && $(GO) build -o $(abspath $@) k8s.io/kubernetes/cmd/kube-apiserver
+
+## e2e-kind: the cluster path on kind with Knative (needs Docker, kubectl
+## and the internet; it cannot run on the machines make test runs on)
+e2e-kind:
+	bash .ci/e2e-kind
 
 vet:
 	$(GO) vet ./...
