@@ -204,10 +204,11 @@ var wantGrants = map[string]map[string][]string{
 		// Leader election, in its own namespace only.
 		systemNamespace + " coordination.k8s.io/leases": {"get", "list", "watch", "create", "update"},
 	},
+	// broker/clusteringress: an informer on Brokers.
 	"koffeeshop-broker-ingress": {
-		"* eventing.knative.dev/brokers":  {"get", "list", "watch"},
-		"* eventing.knative.dev/triggers": {"get", "list", "watch"},
+		"* eventing.knative.dev/brokers": {"get", "list", "watch"},
 	},
+	// triggers/fleet: informers on Triggers and Brokers.
 	"koffeeshop-trigger-dispatcher": {
 		"* eventing.knative.dev/brokers":  {"get", "list", "watch"},
 		"* eventing.knative.dev/triggers": {"get", "list", "watch"},
@@ -787,6 +788,37 @@ func TestIngressServiceIsTheBrokersAddress(t *testing.T) {
 	ingress := deployment(set, ns, "koffeeshop-broker-ingress")
 	if port, ok := containerPort(ingress.Spec.Template.Spec.Containers[0], svc.Spec.Ports[0].TargetPort.String()); !ok || port != 8080 {
 		t.Errorf("Service port 80 goes to the ingress's %q (%d), want its 8080", svc.Spec.Ports[0].TargetPort.String(), port)
+	}
+}
+
+// TestIngressTokenComesFromAnOptionalSecret: broker/cmd/ingress reads its
+// bearer token from $INGRESS_TOKEN. It comes from a Secret, so no manifest
+// holds it, and an optional one, so the ingress starts without it.
+func TestIngressTokenComesFromAnOptionalSecret(t *testing.T) {
+	set := loadShipped(t)
+	d := deployment(set, systemNamespace, "koffeeshop-broker-ingress")
+	if d == nil {
+		t.Fatal("no ingress Deployment")
+	}
+	i := slices.IndexFunc(d.Spec.Template.Spec.Containers[0].Env, func(e corev1.EnvVar) bool { return e.Name == "INGRESS_TOKEN" })
+	if i < 0 {
+		t.Fatal("the ingress has no INGRESS_TOKEN")
+	}
+	e := d.Spec.Template.Spec.Containers[0].Env[i]
+	if e.Value != "" || e.ValueFrom == nil || e.ValueFrom.SecretKeyRef == nil {
+		t.Fatalf("INGRESS_TOKEN is not from a Secret: %+v", e)
+	}
+	if ref := e.ValueFrom.SecretKeyRef; ref.Optional == nil || !*ref.Optional {
+		t.Errorf("INGRESS_TOKEN's Secret %s is required; the ingress would not start without it", ref.Name)
+	}
+	for _, d := range set.Cluster.Deployments {
+		for _, c := range d.Spec.Template.Spec.Containers {
+			for _, e := range c.Env {
+				if strings.Contains(e.Name, "TOKEN") && e.Value != "" {
+					t.Errorf("Deployment %s: %s has a value in the manifest", d.Name, e.Name)
+				}
+			}
+		}
 	}
 }
 

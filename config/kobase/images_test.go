@@ -145,10 +145,11 @@ func TestImages(t *testing.T) {
 // the binary answers -h with its usage and exits by itself.
 //
 // Its readiness probe is not exercised here: each of these processes needs
-// the Kubernetes API (the controller starts its probe server only once its
-// informers have synced; the ingress and the dispatcher learn Brokers and
-// Triggers from informers too), and there is no API server in this test.
-// Running them against one is the cluster test's job.
+// the Kubernetes API before it is ready (the controller starts its probe
+// server only once its informers have synced; the ingress and the
+// dispatcher report ready once their informers on Brokers, and Triggers,
+// have), and there is no API server in this test. Running them against one
+// is the cluster test's job.
 func checkClassImage(t *testing.T, built v1.ImageIndex, base v1.Hash, name string, c corev1.Container) {
 	img := builtImage(t, built, base, c.Image, "/ko-app/"+name)
 	bin := filepath.Join(t.TempDir(), name)
