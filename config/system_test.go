@@ -204,9 +204,12 @@ var wantGrants = map[string]map[string][]string{
 		// Leader election, in its own namespace only.
 		systemNamespace + " coordination.k8s.io/leases": {"get", "list", "watch", "create", "update"},
 	},
-	// broker/clusteringress: an informer on Brokers.
+	// The data plane reads both and writes nothing. broker/clusteringress
+	// watches only Brokers today; local/cluster's RBAC test holds the
+	// ingress to reading both, the data plane's contract.
 	"koffeeshop-broker-ingress": {
-		"* eventing.knative.dev/brokers": {"get", "list", "watch"},
+		"* eventing.knative.dev/brokers":  {"get", "list", "watch"},
+		"* eventing.knative.dev/triggers": {"get", "list", "watch"},
 	},
 	// triggers/fleet: informers on Triggers and Brokers.
 	"koffeeshop-trigger-dispatcher": {
