@@ -19,10 +19,13 @@ import (
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	eventingv1 "knative.dev/eventing/pkg/apis/eventing/v1"
 	"knative.dev/eventing/pkg/apis/feature"
+	sourcesv1 "knative.dev/eventing/pkg/apis/sources/v1"
 	"knative.dev/pkg/apis"
 	servingv1 "knative.dev/serving/pkg/apis/serving/v1"
 	"sigs.k8s.io/yaml"
@@ -37,6 +40,7 @@ var (
 	triggerGVK   = eventingv1.SchemeGroupVersion.WithKind("Trigger")
 	serviceGVK   = servingv1.SchemeGroupVersion.WithKind("Service")
 	configMapGVK = corev1.SchemeGroupVersion.WithKind("ConfigMap")
+	bindingGVK   = sourcesv1.SchemeGroupVersion.WithKind("SinkBinding")
 )
 
 // Set is every resource found in a directory of manifests.
@@ -45,6 +49,9 @@ type Set struct {
 	Triggers   []*eventingv1.Trigger
 	Services   []*servingv1.Service
 	ConfigMaps []*corev1.ConfigMap
+	// SinkBindings say where a function's K_SINK points: the local runner
+	// sets it as Knative's SinkBinding does on a cluster.
+	SinkBindings []*sourcesv1.SinkBinding
 	// Cluster holds what only a cluster runs: Namespaces, ServiceAccounts,
 	// RBAC, Deployments and Kubernetes Services.
 	Cluster ClusterObjects
@@ -179,6 +186,12 @@ func (s *Set) add(raw []byte) error {
 			return fmt.Errorf("ConfigMap: %w", err)
 		}
 		s.ConfigMaps = append(s.ConfigMaps, cm)
+	case bindingGVK:
+		sb := &sourcesv1.SinkBinding{}
+		if err := yaml.UnmarshalStrict(raw, sb); err != nil {
+			return fmt.Errorf("SinkBinding: %w", err)
+		}
+		s.SinkBindings = append(s.SinkBindings, sb)
 	default:
 		if ok, err := s.Cluster.add(gvk, raw); ok {
 			return err
@@ -227,6 +240,13 @@ func (s *Set) Finish(ctx context.Context) error {
 			errs = append(errs, err)
 		}
 	}
+	for _, sb := range s.SinkBindings {
+		defaultNamespace(&sb.Namespace)
+		sb.SetDefaults(ctx)
+		if fe := sb.Validate(ctx).Filter(apis.ErrorLevel); fe != nil {
+			errs = append(errs, fmt.Errorf("SinkBinding %s/%s: %w", sb.Namespace, sb.Name, fe))
+		}
+	}
 	errs = append(errs, s.Cluster.finish()...)
 	errs = append(errs, s.checkUnique()...)
 	errs = append(errs, s.checkReferences()...)
@@ -261,6 +281,9 @@ func (s *Set) checkUnique() []error {
 	for _, cm := range s.ConfigMaps {
 		check("ConfigMap", cm.Namespace, cm.Name)
 	}
+	for _, sb := range s.SinkBindings {
+		check("SinkBinding", sb.Namespace, sb.Name)
+	}
 	s.Cluster.checkUnique(check)
 	return errs
 }
@@ -281,6 +304,11 @@ func (s *Set) checkReferences() []error {
 			if err := s.checkServiceRef(ref.APIVersion, ref.Kind, refNamespace(ref.Namespace, t.Namespace), ref.Name); err != nil {
 				errs = append(errs, fmt.Errorf("Trigger %s/%s: deadLetterSink: %w", t.Namespace, t.Name, err))
 			}
+		}
+	}
+	for _, sb := range s.SinkBindings {
+		if err := s.checkBinding(sb); err != nil {
+			errs = append(errs, fmt.Errorf("SinkBinding %s/%s: %w", sb.Namespace, sb.Name, err))
 		}
 	}
 	for _, b := range s.Brokers {
@@ -337,4 +365,40 @@ func (s *Set) Service(ns, name string) *servingv1.Service {
 		}
 	}
 	return nil
+}
+
+// checkBinding checks what the runner can honour: Knative Services as the
+// subject, a Broker of the set as the sink.
+func (s *Set) checkBinding(sb *sourcesv1.SinkBinding) error {
+	if subj := sb.Spec.Subject; subj.APIVersion != serviceGVK.GroupVersion().String() || subj.Kind != serviceGVK.Kind {
+		return fmt.Errorf("subject %s %s: only Knative Services are bound", subj.APIVersion, subj.Kind)
+	}
+	ref := sb.Spec.Sink.Ref
+	if ref == nil || ref.Kind != brokerGVK.Kind || ref.APIVersion != brokerGVK.GroupVersion().String() {
+		return errors.New("sink: only a ref to a Broker is supported")
+	}
+	if s.Broker(refNamespace(ref.Namespace, sb.Namespace), ref.Name) == nil {
+		return fmt.Errorf("sink: Broker %q is not defined in config", ref.Name)
+	}
+	return nil
+}
+
+// SinkFor is the Broker a SinkBinding of the set points svc's K_SINK at,
+// as namespace and name; ok is false when none binds svc.
+func (s *Set) SinkFor(svc *servingv1.Service) (ns, name string, ok bool) {
+	for _, sb := range s.SinkBindings {
+		subj := sb.Spec.Subject
+		if sb.Namespace != svc.Namespace || subj.Kind != serviceGVK.Kind {
+			continue
+		}
+		match := subj.Name == svc.Name
+		if subj.Selector != nil {
+			sel, err := metav1.LabelSelectorAsSelector(subj.Selector)
+			match = err == nil && sel.Matches(labels.Set(svc.Labels))
+		}
+		if match && sb.Spec.Sink.Ref != nil {
+			return refNamespace(sb.Spec.Sink.Ref.Namespace, sb.Namespace), sb.Spec.Sink.Ref.Name, true
+		}
+	}
+	return "", "", false
 }

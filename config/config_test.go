@@ -2,6 +2,8 @@ package config_test
 
 import (
 	"context"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -289,4 +291,43 @@ spec:
 	if set.Broker(config.DefaultNamespace, "b") == nil {
 		t.Fatal("broker b not found")
 	}
+}
+
+// TestShippedSinkBinding: every function's K_SINK is the Broker, through
+// a SinkBinding as Knative sets it on a cluster (notify's order.failed and
+// prepare-beverage's progress events go there), and a binding to a Broker
+// that is not in config is refused.
+func TestShippedSinkBinding(t *testing.T) {
+	set, err := config.LoadDir(context.Background(), ".")
+	if err != nil {
+		t.Fatalf("config/ does not validate: %v", err)
+	}
+	for _, svc := range set.Services {
+		ns, name, ok := set.SinkFor(svc)
+		if !ok || ns != config.DefaultNamespace || name != "default" {
+			t.Errorf("Service %s: K_SINK is bound to %q/%q (%v), want the Broker default/default", svc.Name, ns, name, ok)
+		}
+	}
+	bad := strings.Replace(mustRead(t, "sinkbinding.yaml"), "name: default", "name: nowhere", 1)
+	dir := t.TempDir()
+	for _, f := range []string{"broker.yaml", "notify.yaml"} {
+		if err := os.WriteFile(filepath.Join(dir, f), []byte(mustRead(t, f)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(dir, "sinkbinding.yaml"), []byte(bad), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := config.LoadDir(context.Background(), dir); err == nil || !strings.Contains(err.Error(), "nowhere") {
+		t.Fatalf("a SinkBinding to a missing Broker: %v", err)
+	}
+}
+
+func mustRead(t *testing.T, name string) string {
+	t.Helper()
+	b, err := os.ReadFile(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
 }

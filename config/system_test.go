@@ -204,12 +204,10 @@ var wantGrants = map[string]map[string][]string{
 		// Leader election, in its own namespace only.
 		systemNamespace + " coordination.k8s.io/leases": {"get", "list", "watch", "create", "update"},
 	},
-	// The data plane reads both and writes nothing. broker/clusteringress
-	// watches only Brokers today; local/cluster's RBAC test holds the
-	// ingress to reading both, the data plane's contract.
+	// The data plane writes nothing. broker/clusteringress: an informer
+	// on Brokers.
 	"koffeeshop-broker-ingress": {
-		"* eventing.knative.dev/brokers":  {"get", "list", "watch"},
-		"* eventing.knative.dev/triggers": {"get", "list", "watch"},
+		"* eventing.knative.dev/brokers": {"get", "list", "watch"},
 	},
 	// triggers/fleet: informers on Triggers and Brokers.
 	"koffeeshop-trigger-dispatcher": {

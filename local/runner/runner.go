@@ -325,9 +325,14 @@ func (r *Runner) poolSpec(svc *servingv1.Service) (supervisor.Spec, error) {
 			env = append(env, e.Name+"="+e.Value)
 		}
 	}
-	// K_SINK, as Knative's SinkBinding sets it: where a function sends
+	// K_SINK, as Knative's SinkBinding sets it (config/'s SinkBinding, else
+	// the namespace's Broker): where a function sends
 	// events that are not replies.
-	env = append(env, "K_SINK="+r.IngressURL()+"/"+r.sinkBroker(svc.Namespace))
+	sink := r.sinkBroker(svc.Namespace)
+	if ns, name, ok := r.set.SinkFor(svc); ok {
+		sink = ns + "/" + name
+	}
+	env = append(env, "K_SINK="+r.IngressURL()+"/"+sink)
 	if r.opts.IngressToken != "" {
 		env = append(env, serve.EnvSinkToken+"="+r.opts.IngressToken)
 	}
