@@ -11,6 +11,8 @@ import (
 	"fmt"
 
 	"github.com/nats-io/nats.go"
+
+	"github.com/koffeeshop/koffeeshop/broker/envflag"
 )
 
 // DefaultURL is the NATS of the deployment the config/ manifests describe.
@@ -46,17 +48,12 @@ func (o Options) Validate() error {
 // -nats-key to fs, each defaulting to its environment variable (NATS_URL,
 // NATS_CREDS, NATS_CA, NATS_CERT, NATS_KEY) as getenv reads it.
 func (o *Options) RegisterFlags(fs *flag.FlagSet, getenv func(string) string) {
-	str := func(p *string, name, env, def, usage string) {
-		if v := getenv(env); v != "" {
-			def = v
-		}
-		fs.StringVar(p, name, def, usage+" ($"+env+")")
-	}
-	str(&o.URL, "nats-url", "NATS_URL", DefaultURL, "NATS server URL(s), comma-separated")
-	str(&o.CredsFile, "nats-creds", "NATS_CREDS", "", "NATS credentials file (user JWT and NKey seed)")
-	str(&o.CAFile, "nats-ca", "NATS_CA", "", "CA certificate that signs the NATS server's")
-	str(&o.CertFile, "nats-cert", "NATS_CERT", "", "client certificate for mutual TLS to NATS")
-	str(&o.KeyFile, "nats-key", "NATS_KEY", "", "client key for mutual TLS to NATS")
+	f := envflag.Wrap(fs, getenv)
+	f.String(&o.URL, "nats-url", "NATS_URL", DefaultURL, "NATS server URL(s), comma-separated")
+	f.String(&o.CredsFile, "nats-creds", "NATS_CREDS", "", "NATS credentials file (user JWT and NKey seed)")
+	f.String(&o.CAFile, "nats-ca", "NATS_CA", "", "CA certificate that signs the NATS server's")
+	f.String(&o.CertFile, "nats-cert", "NATS_CERT", "", "client certificate for mutual TLS to NATS")
+	f.String(&o.KeyFile, "nats-key", "NATS_KEY", "", "client key for mutual TLS to NATS")
 }
 
 // Logger is told about the connection coming and going; *slog.Logger is

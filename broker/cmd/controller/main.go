@@ -27,6 +27,7 @@ import (
 	"knative.dev/pkg/system"
 
 	"github.com/koffeeshop/koffeeshop/broker/controlplane"
+	"github.com/koffeeshop/koffeeshop/broker/envflag"
 	brokerreconciler "github.com/koffeeshop/koffeeshop/broker/reconciler"
 )
 
@@ -51,55 +52,21 @@ type config struct {
 // parse reads args over the environment getenv gives.
 func parse(args []string, getenv func(string) string, stderr io.Writer) (config, error) {
 	var c config
-	fs := flag.NewFlagSet("controller", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	str := func(p *string, name, env, def, usage string) {
-		v := getenv(env)
-		if v == "" {
-			v = def
-		}
-		fs.StringVar(p, name, v, usage+" ($"+env+")")
-	}
-	dur := func(p *time.Duration, name, env string, def time.Duration, usage string) error {
-		v := def
-		if s := getenv(env); s != "" {
-			d, err := time.ParseDuration(s)
-			if err != nil {
-				return fmt.Errorf("$%s: %w", env, err)
-			}
-			v = d
-		}
-		fs.DurationVar(p, name, v, usage+" ($"+env+")")
-		return nil
-	}
-
-	str(&c.kubeconfig, "kubeconfig", "KUBECONFIG", "", "kubeconfig file; in a pod, the pod's service account is used")
-	str(&c.server, "server", "KUBE_SERVER", "", "Kubernetes API server address, overriding the kubeconfig's")
-	str(&c.namespace, "namespace", system.NamespaceEnvKey, "", "namespace the controller runs in, where its leader election leases are (default: the pod's)")
-	str(&c.opts.NATS.URL, "nats-url", "NATS_URL", "nats://nats.nats-io.svc.cluster.local:4222", "NATS server URL(s), comma-separated")
-	str(&c.opts.NATS.CredsFile, "nats-creds", "NATS_CREDS", "", "NATS credentials file (user JWT and NKey seed)")
-	str(&c.opts.NATS.CAFile, "nats-ca", "NATS_CA", "", "CA certificate that signs the NATS server's")
-	str(&c.opts.NATS.CertFile, "nats-cert", "NATS_CERT", "", "client certificate for mutual TLS to NATS")
-	str(&c.opts.NATS.KeyFile, "nats-key", "NATS_KEY", "", "client key for mutual TLS to NATS")
-	str(&c.opts.Broker.IngressName, "ingress-name", "INGRESS_SERVICE_NAME", brokerreconciler.DefaultIngressName, "Service of the shared Broker ingress")
-	str(&c.opts.Broker.IngressNamespace, "ingress-namespace", "INGRESS_NAMESPACE", brokerreconciler.DefaultIngressNamespace, "namespace of the Broker ingress Service")
-	for _, err := range []error{
-		dur(&c.opts.Broker.NATSTimeout, "nats-timeout", "NATS_TIMEOUT", brokerreconciler.DefaultNATSTimeout, "bound on each JetStream API call"),
-		dur(&c.opts.LeaderElection.LeaseDuration, "lease-duration", "LEASE_DURATION", 60*time.Second, "leader election lease duration"),
-		dur(&c.opts.LeaderElection.RenewDeadline, "renew-deadline", "RENEW_DEADLINE", 40*time.Second, "leader election renew deadline"),
-		dur(&c.opts.LeaderElection.RetryPeriod, "retry-period", "RETRY_PERIOD", 10*time.Second, "leader election retry period"),
-	} {
-		if err != nil {
-			return c, err
-		}
-	}
-	fs.IntVar(&c.opts.ProbePort, "probe-port", injection.HealthCheckDefaultPort, "port of /health and /readiness (0: none)")
-	fs.BoolVar(&c.verbose, "v", false, "debug logs")
-	if err := fs.Parse(args); err != nil {
+	f := envflag.New("controller", getenv, stderr)
+	f.String(&c.kubeconfig, "kubeconfig", "KUBECONFIG", "", "kubeconfig file; in a pod, the pod's service account is used")
+	f.String(&c.server, "server", "KUBE_SERVER", "", "Kubernetes API server address, overriding the kubeconfig's")
+	f.String(&c.namespace, "namespace", system.NamespaceEnvKey, "", "namespace the controller runs in, where its leader election leases are (default: the pod's)")
+	c.opts.NATS.RegisterFlags(f.Flags(), getenv)
+	f.String(&c.opts.Broker.IngressName, "ingress-name", "INGRESS_SERVICE_NAME", brokerreconciler.DefaultIngressName, "Service of the shared Broker ingress")
+	f.String(&c.opts.Broker.IngressNamespace, "ingress-namespace", "INGRESS_NAMESPACE", brokerreconciler.DefaultIngressNamespace, "namespace of the Broker ingress Service")
+	f.Duration(&c.opts.Broker.NATSTimeout, "nats-timeout", "NATS_TIMEOUT", brokerreconciler.DefaultNATSTimeout, "bound on each JetStream API call")
+	f.Duration(&c.opts.LeaderElection.LeaseDuration, "lease-duration", "LEASE_DURATION", 60*time.Second, "leader election lease duration")
+	f.Duration(&c.opts.LeaderElection.RenewDeadline, "renew-deadline", "RENEW_DEADLINE", 40*time.Second, "leader election renew deadline")
+	f.Duration(&c.opts.LeaderElection.RetryPeriod, "retry-period", "RETRY_PERIOD", 10*time.Second, "leader election retry period")
+	f.Flags().IntVar(&c.opts.ProbePort, "probe-port", injection.HealthCheckDefaultPort, "port of /health and /readiness (0: none)")
+	f.Flags().BoolVar(&c.verbose, "v", false, "debug logs")
+	if err := f.Parse(args); err != nil {
 		return c, err
-	}
-	if fs.NArg() > 0 {
-		return c, fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
 	if c.namespace == placeholderNamespace {
 		c.namespace = ""

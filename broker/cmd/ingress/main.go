@@ -19,7 +19,6 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
-	"strconv"
 	"syscall"
 	"time"
 
@@ -27,6 +26,7 @@ import (
 
 	"github.com/koffeeshop/koffeeshop/broker"
 	"github.com/koffeeshop/koffeeshop/broker/clusteringress"
+	"github.com/koffeeshop/koffeeshop/broker/envflag"
 	"github.com/koffeeshop/koffeeshop/broker/ops"
 )
 
@@ -53,55 +53,19 @@ const tokenEnv = "INGRESS_TOKEN"
 // parse reads args over the environment getenv gives.
 func parse(args []string, getenv func(string) string, stderr io.Writer) (config, error) {
 	var c config
-	fs := flag.NewFlagSet("ingress", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	str := func(p *string, name, env, def, usage string) {
-		if v := getenv(env); v != "" {
-			def = v
-		}
-		fs.StringVar(p, name, def, usage+" ($"+env+")")
-	}
-	dur := func(p *time.Duration, name, env string, def time.Duration, usage string) error {
-		if s := getenv(env); s != "" {
-			d, err := time.ParseDuration(s)
-			if err != nil {
-				return fmt.Errorf("$%s: %w", env, err)
-			}
-			def = d
-		}
-		fs.DurationVar(p, name, def, usage+" ($"+env+")")
-		return nil
-	}
-
-	str(&c.kubeconfig, "kubeconfig", "KUBECONFIG", "", "kubeconfig file; in a pod, the pod's service account is used")
-	str(&c.server, "server", "KUBE_SERVER", "", "Kubernetes API server address, overriding the kubeconfig's")
-	c.opts.NATS.RegisterFlags(fs, getenv)
-	str(&c.opts.Addr, "addr", "INGRESS_ADDR", clusteringress.DefaultAddr, "address of POST /<namespace>/<broker>")
-	str(&c.opts.ProbeAddr, "probe-addr", "PROBE_ADDR", ops.DefaultAddr, "address of "+ops.ReadinessPath+", "+ops.LivenessPath+" and "+ops.MetricsPath)
-	maxBody := int64(broker.DefaultMaxBodyBytes)
-	if s := getenv("MAX_BODY_BYTES"); s != "" {
-		n, err := strconv.ParseInt(s, 10, 64)
-		if err != nil || n <= 0 {
-			return c, fmt.Errorf("$MAX_BODY_BYTES: %q is not a positive number of bytes", s)
-		}
-		maxBody = n
-	}
-	fs.Int64Var(&c.opts.MaxBodyBytes, "max-body-bytes", maxBody, "largest request body; larger ones get 413 ($MAX_BODY_BYTES)")
-	for _, err := range []error{
-		dur(&c.opts.PublishTimeout, "publish-timeout", "PUBLISH_TIMEOUT", broker.DefaultPublishTimeout, "bound on the wait for JetStream to store an event (then 503)"),
-		dur(&c.opts.DrainDelay, "drain-delay", "DRAIN_DELAY", 5*time.Second, "on SIGTERM, how long to keep serving while unready, so the Service's endpoints drop this pod first"),
-		dur(&c.opts.ShutdownTimeout, "shutdown-timeout", "SHUTDOWN_TIMEOUT", 20*time.Second, "then, bound on the wait for requests in flight and the NATS drain"),
-	} {
-		if err != nil {
-			return c, err
-		}
-	}
-	fs.BoolVar(&c.verbose, "v", false, "debug logs")
-	if err := fs.Parse(args); err != nil {
+	f := envflag.New("ingress", getenv, stderr)
+	f.String(&c.kubeconfig, "kubeconfig", "KUBECONFIG", "", "kubeconfig file; in a pod, the pod's service account is used")
+	f.String(&c.server, "server", "KUBE_SERVER", "", "Kubernetes API server address, overriding the kubeconfig's")
+	c.opts.NATS.RegisterFlags(f.Flags(), getenv)
+	f.String(&c.opts.Addr, "addr", "INGRESS_ADDR", clusteringress.DefaultAddr, "address of POST /<namespace>/<broker>")
+	f.String(&c.opts.ProbeAddr, "probe-addr", "PROBE_ADDR", ops.DefaultAddr, "address of "+ops.ReadinessPath+", "+ops.LivenessPath+" and "+ops.MetricsPath)
+	f.Bytes(&c.opts.MaxBodyBytes, "max-body-bytes", "MAX_BODY_BYTES", broker.DefaultMaxBodyBytes, "largest request body; larger ones get 413")
+	f.Duration(&c.opts.PublishTimeout, "publish-timeout", "PUBLISH_TIMEOUT", broker.DefaultPublishTimeout, "bound on the wait for JetStream to store an event (then 503)")
+	f.Duration(&c.opts.DrainDelay, "drain-delay", "DRAIN_DELAY", 5*time.Second, "on SIGTERM, how long to keep serving while unready, so the Service's endpoints drop this pod first")
+	f.Duration(&c.opts.ShutdownTimeout, "shutdown-timeout", "SHUTDOWN_TIMEOUT", 20*time.Second, "then, bound on the wait for requests in flight and the NATS drain")
+	f.Flags().BoolVar(&c.verbose, "v", false, "debug logs")
+	if err := f.Parse(args); err != nil {
 		return c, err
-	}
-	if fs.NArg() > 0 {
-		return c, fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
 	c.opts.Token = getenv(tokenEnv)
 	return c, nil

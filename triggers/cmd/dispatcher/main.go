@@ -25,6 +25,7 @@ import (
 	"knative.dev/pkg/injection"
 
 	"github.com/koffeeshop/koffeeshop/broker"
+	"github.com/koffeeshop/koffeeshop/broker/envflag"
 	"github.com/koffeeshop/koffeeshop/broker/ops"
 	"github.com/koffeeshop/koffeeshop/triggers/fleet"
 )
@@ -49,45 +50,17 @@ type config struct {
 // parse reads args over the environment getenv gives.
 func parse(args []string, getenv func(string) string, stderr io.Writer) (config, error) {
 	var c config
-	fs := flag.NewFlagSet("dispatcher", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	str := func(p *string, name, env, def, usage string) {
-		if v := getenv(env); v != "" {
-			def = v
-		}
-		fs.StringVar(p, name, def, usage+" ($"+env+")")
-	}
-	dur := func(p *time.Duration, name, env string, def time.Duration, usage string) error {
-		if s := getenv(env); s != "" {
-			d, err := time.ParseDuration(s)
-			if err != nil {
-				return fmt.Errorf("$%s: %w", env, err)
-			}
-			def = d
-		}
-		fs.DurationVar(p, name, def, usage+" ($"+env+")")
-		return nil
-	}
-
-	str(&c.kubeconfig, "kubeconfig", "KUBECONFIG", "", "kubeconfig file; in a pod, the pod's service account is used")
-	str(&c.server, "server", "KUBE_SERVER", "", "Kubernetes API server address, overriding the kubeconfig's")
-	c.opts.NATS.RegisterFlags(fs, getenv)
-	str(&c.opts.ProbeAddr, "probe-addr", "PROBE_ADDR", ops.DefaultAddr, "address of "+ops.ReadinessPath+", "+ops.LivenessPath+" and "+ops.MetricsPath)
-	for _, err := range []error{
-		dur(&c.opts.DrainTimeout, "drain-timeout", "DRAIN_TIMEOUT", 30*time.Second, "on SIGTERM or a Trigger's change, how long deliveries in flight may finish before they are handed back to JetStream"),
-		dur(&c.opts.PublishTimeout, "publish-timeout", "PUBLISH_TIMEOUT", broker.DefaultPublishTimeout, "bound on the wait for JetStream to store a reply"),
-		dur(&c.opts.ShutdownTimeout, "shutdown-timeout", "SHUTDOWN_TIMEOUT", 10*time.Second, "then, bound on the NATS drain"),
-	} {
-		if err != nil {
-			return c, err
-		}
-	}
-	fs.BoolVar(&c.verbose, "v", false, "debug logs")
-	if err := fs.Parse(args); err != nil {
+	f := envflag.New("dispatcher", getenv, stderr)
+	f.String(&c.kubeconfig, "kubeconfig", "KUBECONFIG", "", "kubeconfig file; in a pod, the pod's service account is used")
+	f.String(&c.server, "server", "KUBE_SERVER", "", "Kubernetes API server address, overriding the kubeconfig's")
+	c.opts.NATS.RegisterFlags(f.Flags(), getenv)
+	f.String(&c.opts.ProbeAddr, "probe-addr", "PROBE_ADDR", ops.DefaultAddr, "address of "+ops.ReadinessPath+", "+ops.LivenessPath+" and "+ops.MetricsPath)
+	f.Duration(&c.opts.DrainTimeout, "drain-timeout", "DRAIN_TIMEOUT", 30*time.Second, "on SIGTERM or a Trigger's change, how long deliveries in flight may finish before they are handed back to JetStream")
+	f.Duration(&c.opts.PublishTimeout, "publish-timeout", "PUBLISH_TIMEOUT", broker.DefaultPublishTimeout, "bound on the wait for JetStream to store a reply")
+	f.Duration(&c.opts.ShutdownTimeout, "shutdown-timeout", "SHUTDOWN_TIMEOUT", 10*time.Second, "then, bound on the NATS drain")
+	f.Flags().BoolVar(&c.verbose, "v", false, "debug logs")
+	if err := f.Parse(args); err != nil {
 		return c, err
-	}
-	if fs.NArg() > 0 {
-		return c, fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
 	return c, nil
 }
