@@ -13,7 +13,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -148,22 +147,13 @@ func serve(ctx context.Context, o Options, client versioned.Interface, nc *nats.
 	}
 	srv := broker.NewServer(instrument(reg, untilSynced(synced, h)), o.Server)
 
-	var draining atomic.Bool
-	ready := func() error {
-		switch {
-		case draining.Load():
-			return errors.New("draining")
-		case !synced():
+	probes := ops.Serve(probeLn, func() error {
+		if !synced() {
 			return errors.New("the Broker informer has not synced")
-		case !nc.IsConnected():
-			return fmt.Errorf("NATS is %s", nc.Status())
 		}
-		return nil
-	}
-	probes := broker.NewServer(ops.Handler(ready, reg), broker.ServerOptions{})
-
-	errc := make(chan error, 2)
-	go func() { errc <- fmt.Errorf("probes: %w", probes.Serve(probeLn)) }()
+		return natsconn.Connected(nc)
+	}, reg)
+	errc := make(chan error, 1)
 	go func() { errc <- fmt.Errorf("ingress: %w", srv.Serve(ln)) }()
 	log.Info("Serving", "addr", ln.Addr().String(), "probes", probeLn.Addr().String(), "brokerClass", brokerreconciler.ClassName)
 
@@ -171,8 +161,10 @@ func serve(ctx context.Context, o Options, client versioned.Interface, nc *nats.
 	case <-ctx.Done():
 	case err = <-errc:
 		log.Error("Stopping", "error", err)
+	case err = <-probes.Err():
+		log.Error("Stopping", "error", err)
 	}
-	draining.Store(true)
+	probes.Drain()
 	if err == nil && o.DrainDelay > 0 {
 		log.Info("Draining: unready, still serving", "for", o.DrainDelay)
 		time.Sleep(o.DrainDelay)

@@ -121,3 +121,12 @@ func Drain(ctx context.Context, nc *nats.Conn) error {
 		return fmt.Errorf("drain NATS connection: %w", ctx.Err())
 	}
 }
+
+// Connected is nc's part of a readiness probe: nil while nc is connected,
+// else its status, as the reason the process can take no work.
+func Connected(nc *nats.Conn) error {
+	if !nc.IsConnected() {
+		return fmt.Errorf("NATS is %s", nc.Status())
+	}
+	return nil
+}

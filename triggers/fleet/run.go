@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -134,29 +133,20 @@ func serve(ctx context.Context, o Options, client versioned.Interface, nc *nats.
 	}()
 	factory.Start(informerCtx.Done())
 
-	var draining atomic.Bool
-	ready := func() error {
-		switch {
-		case draining.Load():
-			return errors.New("draining")
-		case !synced():
+	probes := ops.Serve(probeLn, func() error {
+		if !synced() {
 			return errors.New("the Trigger and Broker informers have not synced")
-		case !nc.IsConnected():
-			return fmt.Errorf("NATS is %s", nc.Status())
 		}
-		return nil
-	}
-	probes := broker.NewServer(ops.Handler(ready, reg), broker.ServerOptions{})
-	errc := make(chan error, 1)
-	go func() { errc <- fmt.Errorf("probes: %w", probes.Serve(probeLn)) }()
+		return natsconn.Connected(nc)
+	}, reg)
 	log.Info("Dispatching", "probes", probeLn.Addr().String(), "brokerClass", brokerreconciler.ClassName)
 
 	select {
 	case <-ctx.Done():
-	case err = <-errc:
+	case err = <-probes.Err():
 		log.Error("Stopping", "error", err)
 	}
-	draining.Store(true)
+	probes.Drain()
 	log.Info("Draining: letting deliveries in flight finish")
 	stopLoops()
 	f.close()
