@@ -95,3 +95,27 @@ func TestIngressErrorsSayWhatIsWrong(t *testing.T) {
 		t.Fatalf("malformed percent-encoding: %d %q", resp.StatusCode, body)
 	}
 }
+
+// TestLongTypeKeepsTheConnection: an event type far longer than NATS's
+// 4 KiB protocol line is stored (its subject token is a hash) and the
+// connection stays up for the next event.
+func TestLongTypeKeepsTheConnection(t *testing.T) {
+	env := startBroker(t)
+	long := "com.example." + strings.Repeat("x", 8000)
+	if resp, body := post(t, env.url+"/default/default", binaryHeaders("long-type", map[string]string{"ce-type": long}), `{}`); resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("long type: %d %s", resp.StatusCode, body)
+	}
+	if resp, body := post(t, env.url+"/default/default", binaryHeaders("after-long", nil), `{}`); resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("the next event: %d %s", resp.StatusCode, body)
+	}
+	stored, err := env.stream.GetLastMsgForSubject(context.Background(), env.ref.TypeSubject(long))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ev, err := broker.Decode(stored.Header, stored.Data); err != nil || ev.Type() != long {
+		t.Fatalf("stored %v, %v", ev.Type()[:40], err)
+	}
+	if n := len(env.ref.TypeSubject(long)); n > 300 {
+		t.Fatalf("subject of %d bytes", n)
+	}
+}

@@ -51,11 +51,20 @@ func (r Ref) Subject() string {
 // cost a filtered-out delivery.
 func (r Ref) TypeSubject(ceType string) string {
 	t := token(ceType)
-	if t == "" {
+	switch {
+	case t == "":
 		t = "_"
+	case len(t) > maxTypeToken:
+		// NATS closes a connection whose protocol line passes 4 KiB,
+		// and a type has no length limit: a long one is hashed.
+		sum := sha256.Sum256([]byte(ceType))
+		t = "h_" + hex.EncodeToString(sum[:16])
 	}
 	return r.base() + "." + t
 }
+
+// maxTypeToken bounds the subject token of an event type.
+const maxTypeToken = 128
 
 func (r Ref) base() string {
 	return "knative.broker." + token(r.Namespace) + "." + token(r.Name)

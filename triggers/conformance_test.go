@@ -16,6 +16,7 @@ import (
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	kbroker "knative.dev/eventing/pkg/broker"
 
 	"github.com/koffeeshop/koffeeshop/broker"
@@ -638,3 +639,55 @@ spec:
 }
 
 var _ = http.StatusOK
+
+// TestDeadLetterSinkThatRefusesForGood: a sink answering a status Knative
+// does not retry (400) is not asked again and again: the event is
+// terminated, logged and counted as dead_letter_refused, after one send.
+func TestDeadLetterSinkThatRefusesForGood(t *testing.T) {
+	h := newHarness(t)
+	sub := newSubscriber(t, response{status: 500})
+	dls := newSubscriber(t, response{status: 400})
+	tr, br := h.manifests("", fmt.Sprintf("apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata: {name: t}\nspec:\n  broker: '{{broker}}'\n  subscriber: {uri: '%s'}\n  delivery: {retry: 0, deadLetterSink: {uri: '%s'}}\n", sub.URL, dls.URL))
+	d := h.run(triggers.Config{Trigger: tr, Delivery: triggers.EffectiveDelivery(tr, br), Subscriber: mustURL(t, sub.URL), DeadLetter: mustURL(t, dls.URL)}, nil)
+	h.publish(newEvent("refused", "com.example.order"))
+	dls.waitAttempts(t, 1, 10*time.Second)
+	h.settled(d, 10*time.Second)
+	waitResult(t, d, terminated, 1)
+	if got := d.Stats().Drops()["dead_letter_refused"]; got != 1 {
+		t.Errorf("drops %v, want dead_letter_refused 1", d.Stats().Drops())
+	}
+	time.Sleep(300 * time.Millisecond)
+	if n := len(dls.got()); n != 1 {
+		t.Errorf("the refusing sink was asked %d times, want 1", n)
+	}
+	if n := len(sub.got()); n != 1 {
+		t.Errorf("the subscriber was asked %d times, want 1", n)
+	}
+}
+
+// TestStaleDeadLetterStateIsIgnored: the dead-letter state of an earlier
+// event under the same consumer and stream sequence (a Broker and Trigger
+// made again under the same names) does not send a new event's retry to
+// the dead-letter sink.
+func TestStaleDeadLetterStateIsIgnored(t *testing.T) {
+	h := newHarness(t)
+	sub := newSubscriber(t, response{status: 500}, response{status: 200})
+	dls := newSubscriber(t)
+	tr, br := h.manifests("", fmt.Sprintf("apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata: {name: t}\nspec:\n  broker: '{{broker}}'\n  subscriber: {uri: '%s'}\n  delivery: {retry: 1, backoffPolicy: linear, backoffDelay: PT0.1S, deadLetterSink: {uri: '%s'}}\n", sub.URL, dls.URL))
+	kv, err := h.js.CreateOrUpdateKeyValue(context.Background(), jetstream.KeyValueConfig{Bucket: triggers.DeadLetterBucket(h.ref)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stale := `{"dest":"http://old/","code":499,"data":"","tries":1,"event":"` + broker.MsgID("/old", "old") + `"}`
+	if _, err := kv.Put(context.Background(), triggers.ConsumerName(tr)+".1", []byte(stale)); err != nil {
+		t.Fatal(err)
+	}
+	d := h.run(triggers.Config{Trigger: tr, Delivery: triggers.EffectiveDelivery(tr, br), Subscriber: mustURL(t, sub.URL), DeadLetter: mustURL(t, dls.URL)}, nil)
+	h.publish(newEvent("new", "com.example.order"))
+	sub.waitAttempts(t, 2, 10*time.Second)
+	h.settled(d, 10*time.Second)
+	waitResult(t, d, delivered, 1)
+	if n := len(dls.got()); n != 0 {
+		t.Fatalf("the dead-letter sink got %d events: the stale state was taken for the new event's", n)
+	}
+}

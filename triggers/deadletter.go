@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"net/url"
 	"strconv"
-	"time"
 
 	"github.com/cloudevents/sdk-go/v2/binding"
 	"github.com/nats-io/nats.go/jetstream"
@@ -35,6 +34,10 @@ type failure struct {
 	Data string `json:"data"`
 	// Tries counts the refused sends to the dead-letter sink.
 	Tries int `json:"tries"`
+	// Event is the event's broker.MsgID: a key outlives its event when a
+	// Broker and Trigger are made again under the same names and the
+	// stream's sequences start over, and must not match a new event.
+	Event string `json:"event"`
 }
 
 func failureOf(out outcome) *failure {
@@ -67,14 +70,16 @@ type deadLetters struct {
 	kv jetstream.KeyValue
 }
 
-// openDeadLetters creates the bucket, or binds to it. Entries expire with
-// ttl, the longest an event can wait in its stream.
-func openDeadLetters(ctx context.Context, js jetstream.JetStream, b broker.Ref, ttl time.Duration) (*deadLetters, error) {
+// openDeadLetters creates the bucket of Broker b, or binds to it, kept
+// like the Broker's stream st: its entries expire with the stream's max
+// age (the longest an event can wait), on the same storage and replicas.
+func openDeadLetters(ctx context.Context, js jetstream.JetStream, b broker.Ref, st jetstream.StreamConfig) (*deadLetters, error) {
 	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
 		Bucket:      DeadLetterBucket(b),
 		Description: "Events of Broker " + b.String() + " waiting for a Trigger's dead-letter sink",
-		TTL:         ttl,
-		Storage:     jetstream.FileStorage,
+		TTL:         st.MaxAge,
+		Storage:     st.Storage,
+		Replicas:    st.Replicas,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("dead-letter bucket: %w", err)

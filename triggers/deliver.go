@@ -96,6 +96,10 @@ func (d *Dispatcher) handle(ctx context.Context, msg jetstream.Msg) {
 		if failed, err = d.dead.get(ctx, key); err != nil {
 			log.Warn("could not read the dead-letter state, delivering to the subscriber", "err", err)
 		}
+		if failed != nil && failed.Event != broker.MsgID(ev.Source(), ev.ID()) {
+			log.Warn("dead-letter state of another event under this key, ignored", "key", key)
+			failed = nil
+		}
 	}
 	if failed == nil {
 		out := d.attempt(ctx, d.cfg.Subscriber, &ev, nil)
@@ -138,6 +142,7 @@ func (d *Dispatcher) handle(ctx context.Context, msg jetstream.Msg) {
 			return
 		}
 		failed = failureOf(out)
+		failed.Event = broker.MsgID(ev.Source(), ev.ID())
 		log = log.With("err", out.err)
 	}
 	if ctx.Err() != nil {
@@ -157,22 +162,47 @@ func (d *Dispatcher) deadLetter(ctx context.Context, log *slog.Logger, msg jetst
 		log.Warn("event sent to the dead-letter sink", "subscriberCode", failed.Code)
 		d.stats.DeadLettered.Add(1)
 		d.ackErr(log, "ack", msg.Ack())
-		if failed.Tries > 0 && d.dead != nil {
-			if err := d.dead.forget(ctx, key); err != nil {
-				log.Warn("dead-letter state left behind (it expires)", "err", err)
-			}
-		}
+		d.forgetDeadLetter(ctx, log, key, failed.Tries > 0)
 		return
 	}
 	failed.Tries++
-	delay := d.policy.Delay(failed.Tries, dead.resp)
+	if !dead.permit {
+		// The sink says it will never take this event (a 400, say):
+		// trying again cannot help.
+		d.drop(log, DropDeadLetterRefused, "the dead-letter sink refused the event for good: event dropped",
+			"dlsErr", dead.err, "dlsCode", dead.code, "tries", failed.Tries)
+		d.ackErr(log, "term", msg.TermWithReason(fmt.Sprintf("dead-letter sink answered %d", dead.code)))
+		d.forgetDeadLetter(ctx, log, key, failed.Tries > 1)
+		return
+	}
+	// The DeliverySpec's backoff, but never a tight loop (without
+	// backoffDelay it is 0) and never so long that a sink back in service
+	// waits for hours.
+	delay := min(max(d.policy.Delay(failed.Tries, dead.resp), minDeadLetterDelay), maxDeadLetterDelay)
 	log.Error("dead-letter delivery failed, will retry the dead-letter sink", "dlsErr", dead.err, "dlsCode", dead.code, "tries", failed.Tries, "delay", delay)
 	if d.dead == nil {
 		log.Error("no dead-letter state: the next delivery goes to the subscriber again")
-	} else if err := d.dead.put(ctx, key, failed); err != nil {
+	} else if err := d.dead.put(context.WithoutCancel(ctx), key, failed); err != nil {
 		log.Error("could not remember the dead-letter state: the next delivery goes to the subscriber again", "err", err)
 	}
 	d.ackErr(log, "nak", msg.NakWithDelay(delay))
+}
+
+// Bounds of the wait before a refused dead-letter send is tried again.
+const (
+	minDeadLetterDelay = time.Second
+	maxDeadLetterDelay = time.Minute
+)
+
+// forgetDeadLetter removes what was remembered for a dead letter, when
+// something was.
+func (d *Dispatcher) forgetDeadLetter(ctx context.Context, log *slog.Logger, key string, remembered bool) {
+	if !remembered || d.dead == nil {
+		return
+	}
+	if err := d.dead.forget(context.WithoutCancel(ctx), key); err != nil {
+		log.Warn("dead-letter state left behind (it expires)", "err", err)
+	}
 }
 
 // drop logs and counts an event (or reply) given up for reason.

@@ -106,7 +106,7 @@ func New(ctx context.Context, js jetstream.JetStream, pub broker.Publisher, clie
 		if err != nil {
 			return nil, fmt.Errorf("trigger %s/%s: stream: %w", t.Namespace, t.Name, err)
 		}
-		if dead, err = openDeadLetters(ctx, js, cfg.Broker, st.CachedInfo().Config.MaxAge); err != nil {
+		if dead, err = openDeadLetters(ctx, js, cfg.Broker, st.CachedInfo().Config); err != nil {
 			return nil, fmt.Errorf("trigger %s/%s: %w", t.Namespace, t.Name, err)
 		}
 	}

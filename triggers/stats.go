@@ -33,10 +33,13 @@ const (
 	// knativebrokerttl is used up (an event loop); the event itself was
 	// delivered.
 	DropReplyTTL
+	// DropDeadLetterRefused: the dead-letter sink answered that it will
+	// never take the event (a status Knative does not retry, such as 400).
+	DropDeadLetterRefused
 	numDrops
 )
 
-var dropNames = [numDrops]string{"undecodable", "panic", "no_dead_letter_sink", "reply_ttl_exhausted"}
+var dropNames = [numDrops]string{"undecodable", "panic", "no_dead_letter_sink", "reply_ttl_exhausted", "dead_letter_refused"}
 
 func (r Drop) String() string { return dropNames[r] }
 
