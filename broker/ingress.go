@@ -15,6 +15,7 @@ import (
 	"github.com/cloudevents/sdk-go/v2/binding"
 	"github.com/cloudevents/sdk-go/v2/event"
 	cehttp "github.com/cloudevents/sdk-go/v2/protocol/http"
+	"github.com/nats-io/nats.go"
 
 	"github.com/koffeeshop/koffeeshop/broker/ceheader"
 )
@@ -29,16 +30,34 @@ type IngressOptions struct {
 }
 
 // Brokers tells the ingress which Brokers it serves: the local runner's
-// are fixed by config/, a cluster's come and go (and must be Ready).
+// are fixed by config/, a cluster's come and go, and are served only while
+// Ready.
 type Brokers interface {
-	Has(Ref) bool
+	State(Ref) BrokerState
 }
 
-// BrokerSet is a fixed set of Brokers.
+// BrokerState is what the ingress answers for a Broker.
+type BrokerState int
+
+const (
+	// BrokerUnknown does not exist (404).
+	BrokerUnknown BrokerState = iota
+	// BrokerNotReady exists but cannot take events now (503, retry).
+	BrokerNotReady
+	// BrokerReady takes events.
+	BrokerReady
+)
+
+// BrokerSet is a fixed set of Brokers, all Ready.
 type BrokerSet map[Ref]bool
 
-// Has reports whether r is in the set.
-func (s BrokerSet) Has(r Ref) bool { return s[r] }
+// State is BrokerReady for a Broker of the set.
+func (s BrokerSet) State(r Ref) BrokerState {
+	if s[r] {
+		return BrokerReady
+	}
+	return BrokerUnknown
+}
 
 // NewBrokerSet returns the set of refs.
 func NewBrokerSet(refs ...Ref) BrokerSet {
@@ -74,8 +93,13 @@ func (in *Ingress) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		httpError(w, http.StatusNotFound, "no broker at %q: the path is /<namespace>/<broker>", r.URL.Path)
 		return
 	}
-	if !in.brokers.Has(ref) {
+	switch in.brokers.State(ref) {
+	case BrokerUnknown:
 		httpError(w, http.StatusNotFound, "broker %s does not exist", ref)
+		return
+	case BrokerNotReady:
+		w.Header().Set("Retry-After", "1")
+		httpError(w, http.StatusServiceUnavailable, "broker %s is not ready, retry", ref)
 		return
 	}
 	switch r.Method {
@@ -140,6 +164,11 @@ func (in *Ingress) accept(ctx context.Context, ref Ref, r *http.Request) (int, e
 	if _, err := in.pub.Publish(ctx, ref, ev); err != nil {
 		if errors.Is(err, ErrTTLExhausted) {
 			return http.StatusBadRequest, fmt.Errorf("event dropped: %w", ErrTTLExhausted)
+		}
+		if errors.Is(err, nats.ErrMaxPayload) {
+			// Above what the NATS server takes in one message (its
+			// max_payload, 1 MiB by default): a retry cannot help.
+			return http.StatusRequestEntityTooLarge, fmt.Errorf("event is larger than the NATS server stores: %w", err)
 		}
 		return http.StatusServiceUnavailable, fmt.Errorf("event not stored, retry: %w", err)
 	}

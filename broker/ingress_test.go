@@ -12,6 +12,7 @@ import (
 	"time"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	kbroker "knative.dev/eventing/pkg/broker"
@@ -180,5 +181,41 @@ func TestUnstorableEventGets503(t *testing.T) {
 	}
 	if d := time.Since(start); d > 3*time.Second {
 		t.Fatalf("the 503 took %s; the publish timeout is 1s", d)
+	}
+}
+
+// TestEventOverNATSMaxPayloadGets413: an event the ingress would take but
+// the NATS server will not (its max_payload, smaller on a cluster's NATS
+// than the ingress's body limit) is refused with 413, not a 503 that the
+// sender would retry for ever.
+func TestEventOverNATSMaxPayloadGets413(t *testing.T) {
+	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(), MaxPayload: 4 << 10, NoSigs: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns.Start()
+	defer func() { ns.Shutdown(); ns.WaitForShutdown() }()
+	if !ns.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats-server did not start")
+	}
+	nc, err := nats.Connect(ns.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	ref := broker.Ref{Namespace: "default", Name: "default"}
+	if _, err := broker.EnsureStream(context.Background(), js, ref, broker.StreamOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	log := slog.New(slog.DiscardHandler)
+	hs := httptest.NewServer(broker.NewIngress(broker.NewStore(js, log, time.Second), broker.NewBrokerSet(ref), log, broker.IngressOptions{}))
+	defer hs.Close()
+	resp, body := post(t, hs.URL+"/default/default", binaryHeaders("big", nil), `"`+strings.Repeat("x", 8<<10)+`"`)
+	if resp.StatusCode != http.StatusRequestEntityTooLarge || !strings.Contains(body, "NATS") {
+		t.Fatalf("an event over max_payload: %d %q, want 413", resp.StatusCode, body)
+	}
+	if resp, _ := post(t, hs.URL+"/default/default", binaryHeaders("small", nil), `{}`); resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("the next, small event: %d", resp.StatusCode)
 	}
 }

@@ -219,30 +219,39 @@ type Brokers struct {
 
 var _ broker.Brokers = Brokers{}
 
-// NewBrokers returns the set of the Brokers in lister that Serves passes.
+// NewBrokers returns the Brokers of lister, as the ingress sees them.
 func NewBrokers(lister eventinglisters.BrokerLister) Brokers {
 	return Brokers{lister: lister}
 }
 
-// Has reports whether the ingress accepts events for r.
-func (s Brokers) Has(r broker.Ref) bool {
-	b, err := s.lister.Brokers(r.Namespace).Get(r.Name)
-	return err == nil && Serves(b)
-}
-
-// Serves reports whether the ingress accepts events for b: a Broker of the
-// KoffeeshopJetStream class whose Ready condition is True and which is not
-// being deleted (its stream is about to go).
+// State is what the ingress answers for r: BrokerReady for a Broker of
+// the KoffeeshopJetStream class whose Ready condition is True,
+// BrokerNotReady for one that is not (yet, or for now: a dead-letter sink
+// that does not resolve, a ConfigMap edit to fix, a NATS hiccup in a
+// reconcile; its stream is there, and the sender should retry), and
+// BrokerUnknown for any other Broker, one being deleted (its stream is
+// about to go) and none at all.
 //
 // Ready is read without comparing status.observedGeneration to the
 // generation, unlike Knative's IsReady: an edit of a Ready Broker's spec
 // leaves its stream in place, and refusing events until the controller
 // has looked at the edit would lose them for nothing. When the edit makes
 // the Broker unready, the controller says so and the ingress follows.
-func Serves(b *eventingv1.Broker) bool {
-	if b.Annotations[brokerreconciler.ClassAnnotationKey] != brokerreconciler.ClassName || b.DeletionTimestamp != nil {
-		return false
+func (s Brokers) State(r broker.Ref) broker.BrokerState {
+	b, err := s.lister.Brokers(r.Namespace).Get(r.Name)
+	if err != nil {
+		return broker.BrokerUnknown
 	}
-	c := b.Status.GetCondition(apis.ConditionReady)
-	return c != nil && c.IsTrue()
+	return StateOf(b)
+}
+
+// StateOf is State for the Broker b.
+func StateOf(b *eventingv1.Broker) broker.BrokerState {
+	if b.Annotations[brokerreconciler.ClassAnnotationKey] != brokerreconciler.ClassName || b.DeletionTimestamp != nil {
+		return broker.BrokerUnknown
+	}
+	if c := b.Status.GetCondition(apis.ConditionReady); c != nil && c.IsTrue() {
+		return broker.BrokerReady
+	}
+	return broker.BrokerNotReady
 }

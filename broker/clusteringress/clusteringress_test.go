@@ -40,8 +40,8 @@ import (
 const ns = "coffee"
 
 // The ingress serves a Broker of our class while it is Ready, end to end
-// (the event is in the stream), and answers 404 for one that is not Ready,
-// of another class, unknown, or deleted; a Broker that becomes Ready is
+// (the event is in the stream), answers 503 for one that is not Ready, and
+// 404 for one of another class, unknown, or deleted; a Broker that becomes Ready is
 // served without a restart.
 func TestIngressServesReadyBrokersOfItsClass(t *testing.T) {
 	srv := startNATS(t)
@@ -81,10 +81,14 @@ func TestIngressServesReadyBrokersOfItsClass(t *testing.T) {
 		t.Errorf("stored event = %v (%v), want id e1", ev, err)
 	}
 
-	for _, path := range []string{"/coffee/later", "/coffee/theirs", "/coffee/nope", "/other/orders"} {
+	for _, path := range []string{"/coffee/theirs", "/coffee/nope", "/other/orders"} {
 		if code := in.post(t, path, "e2", ""); code != http.StatusNotFound {
 			t.Errorf("POST %s = %d, want 404", path, code)
 		}
+	}
+	// A Broker of the class that is not Ready exists: retry, not 404.
+	if code := in.post(t, "/coffee/later", "e2", ""); code != http.StatusServiceUnavailable {
+		t.Errorf("POST to a Broker that is not Ready = %d, want 503", code)
 	}
 
 	brokers := client.EventingV1().Brokers(ns)
@@ -120,7 +124,7 @@ func TestIngressServesReadyBrokersOfItsClass(t *testing.T) {
 	in.stop(t)
 }
 
-func TestServes(t *testing.T) {
+func TestStateOf(t *testing.T) {
 	deleting := newBroker("orders", brokerreconciler.ClassName, true)
 	deleting.DeletionTimestamp = &metav1.Time{Time: time.Now()}
 	edited := newBroker("orders", brokerreconciler.ClassName, true)
@@ -128,18 +132,18 @@ func TestServes(t *testing.T) {
 	for _, tc := range []struct {
 		name string
 		b    *eventingv1.Broker
-		want bool
+		want broker.BrokerState
 	}{
-		{"ours and Ready", newBroker("orders", brokerreconciler.ClassName, true), true},
-		{"ours, Ready, an edit not yet observed", edited, true},
-		{"ours, not Ready", newBroker("orders", brokerreconciler.ClassName, false), false},
-		{"ours, no status yet", &eventingv1.Broker{ObjectMeta: metav1.ObjectMeta{Annotations: map[string]string{brokerreconciler.ClassAnnotationKey: brokerreconciler.ClassName}}}, false},
-		{"another class, Ready", newBroker("orders", "MTChannelBasedBroker", true), false},
-		{"no class", &eventingv1.Broker{}, false},
-		{"ours, Ready, being deleted", deleting, false},
+		{"ours and Ready", newBroker("orders", brokerreconciler.ClassName, true), broker.BrokerReady},
+		{"ours, Ready, an edit not yet observed", edited, broker.BrokerReady},
+		{"ours, not Ready", newBroker("orders", brokerreconciler.ClassName, false), broker.BrokerNotReady},
+		{"ours, no status yet", &eventingv1.Broker{ObjectMeta: metav1.ObjectMeta{Annotations: map[string]string{brokerreconciler.ClassAnnotationKey: brokerreconciler.ClassName}}}, broker.BrokerNotReady},
+		{"another class, Ready", newBroker("orders", "MTChannelBasedBroker", true), broker.BrokerUnknown},
+		{"no class", &eventingv1.Broker{}, broker.BrokerUnknown},
+		{"ours, Ready, being deleted", deleting, broker.BrokerUnknown},
 	} {
-		if got := Serves(tc.b); got != tc.want {
-			t.Errorf("%s: Serves = %v, want %v", tc.name, got, tc.want)
+		if got := StateOf(tc.b); got != tc.want {
+			t.Errorf("%s: StateOf = %v, want %v", tc.name, got, tc.want)
 		}
 	}
 }
