@@ -347,6 +347,16 @@ func TriggerBroker(t *eventingv1.Trigger) string {
 	return t.Spec.Broker
 }
 
+// ConfigMap returns the ConfigMap ns/name, or nil.
+func (s *Set) ConfigMap(ns, name string) *corev1.ConfigMap {
+	for _, cm := range s.ConfigMaps {
+		if cm.Namespace == ns && cm.Name == name {
+			return cm
+		}
+	}
+	return nil
+}
+
 // Broker returns the Broker ns/name, or nil.
 func (s *Set) Broker(ns, name string) *eventingv1.Broker {
 	for _, b := range s.Brokers {

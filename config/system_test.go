@@ -120,8 +120,8 @@ func TestShippedBrokerIsKoffeeshopJetStream(t *testing.T) {
 
 // streamKeys are the keys the class reads from a Broker's ConfigMap.
 var streamKeys = []string{
-	brokerreconciler.KeyReplicas, brokerreconciler.KeyStorage,
-	brokerreconciler.KeyMaxAge, brokerreconciler.KeyDuplicateWindow,
+	broker.KeyReplicas, broker.KeyStorage,
+	broker.KeyMaxAge, broker.KeyDuplicateWindow,
 }
 
 func checkStreamSettings(data map[string]string) error {
@@ -136,7 +136,7 @@ func checkStreamSettings(data map[string]string) error {
 			errs = append(errs, fmt.Errorf("key %q is missing: ship every key, so the defaults are there to read", k))
 		}
 	}
-	got, err := brokerreconciler.ParseStreamSettings(data)
+	got, err := broker.ParseStreamOptions(data)
 	if err != nil {
 		return errors.Join(append(errs, err)...)
 	}

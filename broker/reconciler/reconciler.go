@@ -202,7 +202,7 @@ func (r *Reconciler) settings(b *eventingv1.Broker) (broker.StreamOptions, error
 	if err != nil {
 		return broker.StreamOptions{}, fmt.Errorf("get ConfigMap %s/%s: %w", ns, ref.Name, err)
 	}
-	s, err := ParseStreamSettings(cm.Data)
+	s, err := broker.ParseStreamOptions(cm.Data)
 	if err != nil {
 		return broker.StreamOptions{}, &configError{ReasonInvalidConfig, fmt.Errorf("ConfigMap %s/%s: %w", ns, ref.Name, err)}
 	}

@@ -532,3 +532,26 @@ func TestIngressTokenIsRequiredWhenSet(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// TestBrokerConfigMapShapesTheStream: the runner makes the Broker's stream
+// from the ConfigMap its spec.config names, as the Broker class does on a
+// cluster; maxAge 0 there means no age limit.
+func TestBrokerConfigMapShapesTheStream(t *testing.T) {
+	s := startShopWith(t, shopOptions{configDir: scaledConfig(t, "maxAge: 24h", "maxAge: \"0\"", "duplicateWindow: 2m", "duplicateWindow: 45s")})
+	nc, err := nats.Connect(s.NATSURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := js.Stream(context.Background(), "KNATIVE_BROKER_default_default")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg := st.CachedInfo().Config; cfg.MaxAge != 0 || cfg.Duplicates != 45*time.Second {
+		t.Fatalf("stream max age %s, duplicate window %s; want none and 45s from the Broker's ConfigMap", cfg.MaxAge, cfg.Duplicates)
+	}
+}

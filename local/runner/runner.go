@@ -132,7 +132,7 @@ func New(ctx context.Context, opts Options, log *slog.Logger) (_ *Runner, err er
 	var refs []broker.Ref
 	for _, b := range r.set.Brokers {
 		ref := broker.Ref{Namespace: b.Namespace, Name: b.Name}
-		if _, err = broker.EnsureStream(ctx, r.js, ref, broker.StreamOptions{Replicas: opts.Replicas}); err != nil {
+		if err = r.ensureStream(ctx, b); err != nil {
 			return nil, err
 		}
 		refs = append(refs, ref)
@@ -162,6 +162,35 @@ func New(ctx context.Context, opts Options, log *slog.Logger) (_ *Runner, err er
 	mux.Handle("/", ingress)
 	r.srv = broker.NewServer(mux, broker.ServerOptions{})
 	return r, nil
+}
+
+// ensureStream makes the Broker's stream as the Broker class does on a
+// cluster: with the settings of the ConfigMap its spec.config names, else
+// the defaults; -replicas, when set, wins.
+func (r *Runner) ensureStream(ctx context.Context, b *eventingv1.Broker) error {
+	ref := broker.Ref{Namespace: b.Namespace, Name: b.Name}
+	o := broker.DefaultStreamOptions()
+	if c := b.Spec.Config; c != nil {
+		ns := c.Namespace
+		if ns == "" {
+			ns = b.Namespace
+		}
+		cm := r.set.ConfigMap(ns, c.Name)
+		if cm == nil {
+			return fmt.Errorf("Broker %s: spec.config names ConfigMap %s/%s, which is not in config", ref, ns, c.Name)
+		}
+		var err error
+		if o, err = broker.ParseStreamOptions(cm.Data); err != nil {
+			return fmt.Errorf("Broker %s: ConfigMap %s/%s: %w", ref, ns, c.Name, err)
+		}
+	}
+	if r.opts.Replicas > 0 {
+		o.Replicas = r.opts.Replicas
+	}
+	if _, err := r.js.CreateOrUpdateStream(ctx, broker.StreamConfig(ref, o)); err != nil {
+		return fmt.Errorf("ensure stream %s for broker %s: %w", ref.StreamName(), ref, err)
+	}
+	return nil
 }
 
 func loadConfig(ctx context.Context, dirs []string) (*config.Set, error) {

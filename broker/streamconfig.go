@@ -1,4 +1,4 @@
-package reconciler
+package broker
 
 import (
 	"fmt"
@@ -7,8 +7,6 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
-
-	"github.com/koffeeshop/koffeeshop/broker"
 )
 
 // Keys of the ConfigMap that a Broker's spec.config names. Other keys are
@@ -30,11 +28,11 @@ const (
 // maxReplicas is JetStream's own limit on a stream's replicas.
 const maxReplicas = 5
 
-// ParseStreamSettings reads a ConfigMap's data over
+// ParseStreamOptions reads a ConfigMap's data over
 // broker.DefaultStreamOptions, which are the local runner's too. Its error
 // names every bad key, so a user fixes them in one go.
-func ParseStreamSettings(data map[string]string) (broker.StreamOptions, error) {
-	s := broker.DefaultStreamOptions()
+func ParseStreamOptions(data map[string]string) (StreamOptions, error) {
+	s := DefaultStreamOptions()
 	var bad []string
 	if v, ok := data[KeyReplicas]; ok {
 		n, err := strconv.Atoi(strings.TrimSpace(v))
@@ -76,7 +74,7 @@ func ParseStreamSettings(data map[string]string) (broker.StreamOptions, error) {
 		bad = append(bad, fmt.Sprintf("%s (%v) is longer than %s (%v)", KeyDuplicateWindow, s.DuplicateWindow, KeyMaxAge, s.MaxAge))
 	}
 	if len(bad) > 0 {
-		return broker.StreamOptions{}, fmt.Errorf("%s", strings.Join(bad, "; "))
+		return StreamOptions{}, fmt.Errorf("%s", strings.Join(bad, "; "))
 	}
 	return s, nil
 }

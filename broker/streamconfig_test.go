@@ -1,4 +1,4 @@
-package reconciler_test
+package broker_test
 
 import (
 	"strings"
@@ -8,10 +8,9 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/koffeeshop/koffeeshop/broker"
-	"github.com/koffeeshop/koffeeshop/broker/reconciler"
 )
 
-func TestParseStreamSettings(t *testing.T) {
+func TestParseStreamOptions(t *testing.T) {
 	defaults := broker.StreamOptions{Replicas: 1, Storage: jetstream.FileStorage, MaxAge: 24 * time.Hour, DuplicateWindow: 2 * time.Minute}
 	if got := broker.DefaultStreamOptions(); got != defaults {
 		t.Fatalf("broker.DefaultStreamOptions() = %+v, want the documented %+v", got, defaults)
@@ -38,7 +37,7 @@ func TestParseStreamSettings(t *testing.T) {
 			wantErr: "duplicateWindow (2m0s) is longer than maxAge (1m0s)"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got, err := reconciler.ParseStreamSettings(tc.data)
+			got, err := broker.ParseStreamOptions(tc.data)
 			if tc.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
 					t.Fatalf("error = %v, want one containing %q", err, tc.wantErr)
