@@ -22,7 +22,7 @@ var (
 		"Reply events a Trigger's subscriber returned and the broker stored.",
 		[]string{"trigger"}, nil)
 	droppedDesc = prometheus.NewDesc("koffeeshop_trigger_dropped_total",
-		"Events (or replies) a Trigger's dispatcher gave up, by reason: undecodable, panic, no_dead_letter_sink, reply_ttl_exhausted. Each is also logged with its id and source.",
+		"Events (or replies) a Trigger's dispatcher gave up, by reason: undecodable, panic, no_dead_letter_sink, reply_ttl_exhausted, dead_letter_refused. Each is also logged with its id and source.",
 		[]string{"trigger", "reason"}, nil)
 	inFlightDesc = prometheus.NewDesc("koffeeshop_trigger_in_flight",
 		"Deliveries a Trigger's dispatcher has under way.",

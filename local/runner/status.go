@@ -28,8 +28,8 @@ type TriggerStatus struct {
 	DeadLettered int64  `json:"deadLettered"`
 	Terminated   int64  `json:"terminated"`
 	// Dropped counts what was given up, by reason: undecodable, panic,
-	// no_dead_letter_sink, reply_ttl_exhausted. Each is logged with the
-	// event's id and source.
+	// no_dead_letter_sink, reply_ttl_exhausted, dead_letter_refused. Each
+	// is logged with the event's id and source.
 	Dropped  map[string]int64 `json:"dropped"`
 	InFlight int64            `json:"inFlight"`
 }
