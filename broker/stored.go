@@ -204,6 +204,19 @@ func Decode(h nats.Header, data []byte) (cloudevents.Event, error) {
 	return cloudevents.Event{}, fmt.Errorf("decode stored event: %w: no ce-specversion header and no %s content type", ErrNotStored, cloudevents.ApplicationCloudEventsJSON)
 }
 
+// StoredIdentity is what the ce- headers of a stored message say of its
+// event (id, source, type, those present), to log one that does not
+// decode.
+func StoredIdentity(h nats.Header) []any {
+	var out []any
+	for _, k := range []string{"id", "source", "type"} {
+		if v := headerFold(h, storedPrefix+k); v != "" {
+			out = append(out, k, v)
+		}
+	}
+	return out
+}
+
 // headerFold is h's first value for key, whatever the case of its name.
 func headerFold(h nats.Header, key string) string {
 	for k, vs := range h {

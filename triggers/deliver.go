@@ -20,7 +20,6 @@ import (
 	"github.com/cloudevents/sdk-go/v2/binding"
 	"github.com/cloudevents/sdk-go/v2/event"
 	cehttp "github.com/cloudevents/sdk-go/v2/protocol/http"
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	eventingduckv1 "knative.dev/eventing/pkg/apis/duck/v1"
 	kbroker "knative.dev/eventing/pkg/broker"
@@ -47,7 +46,7 @@ type outcome struct {
 func (d *Dispatcher) handle(ctx context.Context, msg jetstream.Msg) {
 	d.stats.InFlight.Add(1)
 	defer d.stats.InFlight.Add(-1)
-	log := d.log
+	log := &eventLog{base: d.log}
 	defer func() {
 		// A bug must not take the dispatcher down with every Trigger of
 		// the process; the event stays in the stream for inspection.
@@ -59,20 +58,20 @@ func (d *Dispatcher) handle(ctx context.Context, msg jetstream.Msg) {
 
 	meta, err := msg.Metadata()
 	if err != nil {
-		log = log.With(storedIdentity(msg.Headers())...)
+		log.with(broker.StoredIdentity(msg.Headers())...)
 		d.drop(log, DropUndecodable, "message without metadata, terminated", "err", err)
 		d.ackErr(log, "term", msg.TermWithReason("no metadata"))
 		return
 	}
-	log = log.With("seq", meta.Sequence.Stream)
+	log.with("seq", meta.Sequence.Stream)
 	ev, err := broker.Decode(msg.Headers(), msg.Data())
 	if err != nil {
-		log = log.With(storedIdentity(msg.Headers())...)
+		log.with(broker.StoredIdentity(msg.Headers())...)
 		d.drop(log, DropUndecodable, "undecodable stored event, terminated", "err", err)
 		d.ackErr(log, "term", msg.TermWithReason("undecodable event"))
 		return
 	}
-	log = log.With("id", ev.ID(), "source", ev.Source(), "type", ev.Type())
+	log.with("id", ev.ID(), "source", ev.Source(), "type", ev.Type())
 	if d.filter.Filter(ctx, ev) == eventfilter.FailFilter {
 		d.stats.Filtered.Add(1)
 		d.ackErr(log, "ack", msg.Ack())
@@ -87,17 +86,17 @@ func (d *Dispatcher) handle(ctx context.Context, msg jetstream.Msg) {
 	_ = kbroker.DeleteTTL(ev.Context)
 
 	attempt := int(meta.NumDelivered)
-	log = log.With("attempt", attempt)
+	log.with("attempt", attempt)
 	key := deadLetterKey(meta.Consumer, meta.Sequence.Stream)
 	var failed *failure
 	if attempt > 1 && d.dead != nil {
 		// A redelivery may be an event whose subscriber is done with it
 		// and whose dead-letter sink refused it: that goes to the sink.
 		if failed, err = d.dead.get(ctx, key); err != nil {
-			log.Warn("could not read the dead-letter state, delivering to the subscriber", "err", err)
+			log.get().Warn("could not read the dead-letter state, delivering to the subscriber", "err", err)
 		}
 		if failed != nil && failed.Event != broker.MsgID(ev.Source(), ev.ID()) {
-			log.Warn("dead-letter state of another event under this key, ignored", "key", key)
+			log.get().Warn("dead-letter state of another event under this key, ignored", "key", key)
 			failed = nil
 		}
 	}
@@ -123,7 +122,7 @@ func (d *Dispatcher) handle(ctx context.Context, msg jetstream.Msg) {
 			d.ackErr(log, "ack", msg.Ack())
 			return
 		}
-		log = log.With("code", out.code)
+		log.with("code", out.code)
 		if ctx.Err() != nil {
 			// Stopping: hand the event back for another dispatcher at once.
 			d.ackErr(log, "nak", msg.Nak())
@@ -131,7 +130,7 @@ func (d *Dispatcher) handle(ctx context.Context, msg jetstream.Msg) {
 		}
 		if out.permit && attempt <= d.policy.Retries {
 			delay := d.policy.Delay(attempt, out.resp)
-			log.Warn("delivery failed, will retry", "err", out.err, "delay", delay)
+			log.get().Warn("delivery failed, will retry", "err", out.err, "delay", delay)
 			d.stats.Retried.Add(1)
 			d.ackErr(log, "nak", msg.NakWithDelay(delay))
 			return
@@ -143,7 +142,7 @@ func (d *Dispatcher) handle(ctx context.Context, msg jetstream.Msg) {
 		}
 		failed = failureOf(out)
 		failed.Event = broker.MsgID(ev.Source(), ev.ID())
-		log = log.With("err", out.err)
+		log.with("err", out.err)
 	}
 	if ctx.Err() != nil {
 		d.ackErr(log, "nak", msg.Nak())
@@ -156,10 +155,10 @@ func (d *Dispatcher) handle(ctx context.Context, msg jetstream.Msg) {
 // at the sink, with the DeliverySpec's backoff, for as long as the event
 // stays in the stream: what the subscriber said is remembered in JetStream
 // before the event is handed back.
-func (d *Dispatcher) deadLetter(ctx context.Context, log *slog.Logger, msg jetstream.Msg, ev *cloudevents.Event, key string, failed *failure) {
+func (d *Dispatcher) deadLetter(ctx context.Context, log *eventLog, msg jetstream.Msg, ev *cloudevents.Event, key string, failed *failure) {
 	dead := d.attempt(ctx, d.cfg.DeadLetter, ev, failed.transformers())
 	if dead.err == nil {
-		log.Warn("event sent to the dead-letter sink", "subscriberCode", failed.Code)
+		log.get().Warn("event sent to the dead-letter sink", "subscriberCode", failed.Code)
 		d.stats.DeadLettered.Add(1)
 		d.ackErr(log, "ack", msg.Ack())
 		d.forgetDeadLetter(ctx, log, key, failed.Tries > 0)
@@ -179,13 +178,35 @@ func (d *Dispatcher) deadLetter(ctx context.Context, log *slog.Logger, msg jetst
 	// backoffDelay it is 0) and never so long that a sink back in service
 	// waits for hours.
 	delay := min(max(d.policy.Delay(failed.Tries, dead.resp), minDeadLetterDelay), maxDeadLetterDelay)
-	log.Error("dead-letter delivery failed, will retry the dead-letter sink", "dlsErr", dead.err, "dlsCode", dead.code, "tries", failed.Tries, "delay", delay)
+	log.get().Error("dead-letter delivery failed, will retry the dead-letter sink", "dlsErr", dead.err, "dlsCode", dead.code, "tries", failed.Tries, "delay", delay)
 	if d.dead == nil {
-		log.Error("no dead-letter state: the next delivery goes to the subscriber again")
+		log.get().Error("no dead-letter state: the next delivery goes to the subscriber again")
 	} else if err := d.dead.put(context.WithoutCancel(ctx), key, failed); err != nil {
-		log.Error("could not remember the dead-letter state: the next delivery goes to the subscriber again", "err", err)
+		log.get().Error("could not remember the dead-letter state: the next delivery goes to the subscriber again", "err", err)
 	}
 	d.ackErr(log, "nak", msg.NakWithDelay(delay))
+}
+
+// eventLog is the logger of one delivery, made only when something is
+// logged: slog's With copies the handler, and a delivered event, the
+// common case, logs nothing.
+type eventLog struct {
+	base *slog.Logger
+	args []any
+	log  *slog.Logger
+}
+
+// with adds attributes to every line logged from now on.
+func (l *eventLog) with(args ...any) {
+	l.args = append(l.args, args...)
+	l.log = nil
+}
+
+func (l *eventLog) get() *slog.Logger {
+	if l.log == nil {
+		l.log = l.base.With(l.args...)
+	}
+	return l.log
 }
 
 // Bounds of the wait before a refused dead-letter send is tried again.
@@ -196,40 +217,27 @@ const (
 
 // forgetDeadLetter removes what was remembered for a dead letter, when
 // something was.
-func (d *Dispatcher) forgetDeadLetter(ctx context.Context, log *slog.Logger, key string, remembered bool) {
+func (d *Dispatcher) forgetDeadLetter(ctx context.Context, log *eventLog, key string, remembered bool) {
 	if !remembered || d.dead == nil {
 		return
 	}
 	if err := d.dead.forget(context.WithoutCancel(ctx), key); err != nil {
-		log.Warn("dead-letter state left behind (it expires)", "err", err)
+		log.get().Warn("dead-letter state left behind (it expires)", "err", err)
 	}
 }
 
 // drop logs and counts an event (or reply) given up for reason.
-func (d *Dispatcher) drop(log *slog.Logger, reason Drop, what string, args ...any) {
+func (d *Dispatcher) drop(log *eventLog, reason Drop, what string, args ...any) {
 	d.stats.drop(reason)
-	log.Error(what, append([]any{"drop", reason.String()}, args...)...)
+	log.get().Error(what, append([]any{"drop", reason.String()}, args...)...)
 }
 
 // ackErr logs a failed Ack, Nak or Term: JetStream then redelivers the
 // event after AckWait, which is safe but should be seen.
-func (d *Dispatcher) ackErr(log *slog.Logger, op string, err error) {
+func (d *Dispatcher) ackErr(log *eventLog, op string, err error) {
 	if err != nil {
-		log.Warn("could not "+op+" the message; JetStream will redeliver it", "err", err)
+		log.get().Warn("could not "+op+" the message; JetStream will redeliver it", "err", err)
 	}
-}
-
-// storedIdentity is what the headers of an undecodable message tell of it.
-func storedIdentity(h nats.Header) []any {
-	var out []any
-	for _, k := range []string{"id", "source", "type"} {
-		for hk, vs := range h {
-			if len(vs) > 0 && strings.EqualFold(hk, "ce-"+k) {
-				out = append(out, k, vs[0])
-			}
-		}
-	}
-	return out
 }
 
 // fitJSONFormat makes the JSON event format carry e's data as it is: data
