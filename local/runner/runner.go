@@ -399,13 +399,7 @@ func binaryFor(binDir, image string) (string, error) {
 }
 
 func (r *Runner) buildDispatchers(ctx context.Context) error {
-	r.client = &http.Client{Transport: &http.Transport{
-		Proxy:               nil,
-		DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
-		MaxIdleConns:        1024,
-		MaxIdleConnsPerHost: 256,
-		IdleConnTimeout:     90 * time.Second,
-	}}
+	r.client = triggers.NewHTTPClient()
 	r.tcoll = &triggers.Collector{}
 	r.metrics.MustRegister(r.tcoll)
 	for _, t := range r.set.Triggers {

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -112,7 +111,7 @@ func serve(ctx context.Context, o Options, client versioned.Interface, nc *nats.
 	// The loops end with ctx, or when the probes' server fails.
 	loopCtx, stopLoops := context.WithCancel(ctx)
 	defer stopLoops()
-	f := newFleet(loopCtx, triggerInformer.Lister(), brokerInformer.Lister(), js, store, newHTTPClient(), coll, o.DrainTimeout, log)
+	f := newFleet(loopCtx, triggerInformer.Lister(), brokerInformer.Lister(), js, store, triggers.NewHTTPClient(), coll, o.DrainTimeout, log)
 	f.observe = observe
 	th, bh := f.handlers()
 	if _, err := triggerInformer.Informer().AddEventHandler(th); err != nil {
@@ -158,17 +157,4 @@ func serve(ctx context.Context, o Options, client versioned.Interface, nc *nats.
 	_ = probes.Shutdown(shutCtx)
 	log.Info("Stopped")
 	return err
-}
-
-// newHTTPClient is the client of every delivery: keep-alive connections
-// to many subscribers at once, no proxy (subscribers are in-cluster). The
-// delivery policy bounds each attempt.
-func newHTTPClient() *http.Client {
-	return &http.Client{Transport: &http.Transport{
-		Proxy:               nil,
-		DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
-		MaxIdleConns:        1024,
-		MaxIdleConnsPerHost: 256,
-		IdleConnTimeout:     90 * time.Second,
-	}}
 }
