@@ -151,7 +151,8 @@ func (d *Dispatcher) handle(ctx context.Context, msg jetstream.Msg) {
 	d.deadLetter(ctx, log, msg, &ev, key, failed)
 }
 
-// deadLetter sends ev to the dead-letter sink. A refused send is retried
+// deadLetter sends ev to the dead-letter sink (d.dead is open whenever
+// the Trigger has one). A refused send is retried
 // at the sink, with the DeliverySpec's backoff, for as long as the event
 // stays in the stream: what the subscriber said is remembered in JetStream
 // before the event is handed back.
@@ -179,9 +180,7 @@ func (d *Dispatcher) deadLetter(ctx context.Context, log *eventLog, msg jetstrea
 	// waits for hours.
 	delay := min(max(d.policy.Delay(failed.Tries, dead.resp), minDeadLetterDelay), maxDeadLetterDelay)
 	log.get().Error("dead-letter delivery failed, will retry the dead-letter sink", "dlsErr", dead.err, "dlsCode", dead.code, "tries", failed.Tries, "delay", delay)
-	if d.dead == nil {
-		log.get().Error("no dead-letter state: the next delivery goes to the subscriber again")
-	} else if err := d.dead.put(context.WithoutCancel(ctx), key, failed); err != nil {
+	if err := d.dead.put(context.WithoutCancel(ctx), key, failed); err != nil {
 		log.get().Error("could not remember the dead-letter state: the next delivery goes to the subscriber again", "err", err)
 	}
 	d.ackErr(log, "nak", msg.NakWithDelay(delay))
@@ -218,7 +217,7 @@ const (
 // forgetDeadLetter removes what was remembered for a dead letter, when
 // something was.
 func (d *Dispatcher) forgetDeadLetter(ctx context.Context, log *eventLog, key string, remembered bool) {
-	if !remembered || d.dead == nil {
+	if !remembered {
 		return
 	}
 	if err := d.dead.forget(context.WithoutCancel(ctx), key); err != nil {
