@@ -6,6 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
+	"net/textproto"
+	"slices"
 	"strings"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
@@ -100,6 +103,8 @@ type storedMessage struct {
 	header  nats.Header
 	data    []byte
 	version spec.Version
+	// only, when set, names the attributes read; the others are skipped.
+	only []string
 }
 
 func (m *storedMessage) ReadEncoding() binding.Encoding { return binding.EncodingBinary }
@@ -114,12 +119,15 @@ func (m *storedMessage) ReadBinary(_ context.Context, w binding.BinaryWriter) er
 			continue
 		}
 		if strings.EqualFold(k, storedContentType) {
+			if m.skip("datacontenttype") {
+				continue
+			}
 			if err := w.SetAttribute(m.version.AttributeFromKind(spec.DataContentType), vs[0]); err != nil {
 				return err
 			}
 			continue
 		}
-		if len(k) <= len(storedPrefix) || !strings.EqualFold(k[:len(storedPrefix)], storedPrefix) {
+		if len(k) <= len(storedPrefix) || !strings.EqualFold(k[:len(storedPrefix)], storedPrefix) || m.skip(k[len(storedPrefix):]) {
 			continue
 		}
 		v, err := ceheader.Decode(vs[0])
@@ -140,12 +148,19 @@ func (m *storedMessage) ReadBinary(_ context.Context, w binding.BinaryWriter) er
 		}
 	}
 	if len(m.data) > 0 {
-		return w.SetData(bytes.NewReader(m.data))
+		// A *bytes.Buffer is taken as it is by sdk-go's event builder:
+		// the event's data is the message's, not a copy.
+		return w.SetData(bytes.NewBuffer(m.data))
 	}
 	return nil
 }
 
 func (m *storedMessage) Finish(error) error { return nil }
+
+// skip reports whether attribute name is left out of what m reads.
+func (m *storedMessage) skip(name string) bool {
+	return m.only != nil && !slices.ContainsFunc(m.only, func(n string) bool { return strings.EqualFold(n, name) })
+}
 
 // GetAttribute and GetExtension make storedMessage a
 // binding.MessageMetadataReader, which sdk-go's transformers read.
@@ -202,6 +217,63 @@ func Decode(h nats.Header, data []byte) (cloudevents.Event, error) {
 		return e, nil
 	}
 	return cloudevents.Event{}, fmt.Errorf("decode stored event: %w: no ce-specversion header and no %s content type", ErrNotStored, cloudevents.ApplicationCloudEventsJSON)
+}
+
+// DecodeAttributes is Decode of the named attributes and extensions only,
+// without the data, for a reader that needs no more, such as a filter on
+// known attributes: the other headers are not decoded at all. A message in
+// the structured form of earlier versions is decoded whole.
+func DecodeAttributes(h nats.Header, data []byte, names []string) (cloudevents.Event, error) {
+	version := storedSpecs.Version(headerFold(h, storedPrefix+"specversion"))
+	if version == nil {
+		return Decode(h, data)
+	}
+	e, err := binding.ToEvent(context.Background(), &storedMessage{header: h, version: version, only: append(names[:len(names):len(names)], "specversion")})
+	if err != nil {
+		return cloudevents.Event{}, fmt.Errorf("decode stored event: %w", err)
+	}
+	return *e, nil
+}
+
+// StoredAttribute is the value of an attribute or extension of a message
+// in the stored form, percent-decoded; "" when it has none (datacontenttype
+// excepted: it is the content-type header).
+func StoredAttribute(h nats.Header, name string) string {
+	m := storedMessage{header: h}
+	v, _ := m.GetExtension(name).(string)
+	return v
+}
+
+// Decode's event shares its data with the message: neither may be changed
+// while the other is in use.
+
+// CopyHTTPBinary writes the attributes of a message in the stored form into
+// h as the binary mode of the CloudEvents HTTP binding has them: the
+// stored ce- headers carry the same percent-encoding as HTTP's, so they go
+// out as they are, with no event in between. Extensions named in omit are
+// left out. It reports false, writing nothing, for a message stored in the
+// structured form of earlier versions.
+func CopyHTTPBinary(stored nats.Header, h http.Header, omit ...string) bool {
+	if headerFold(stored, storedPrefix+"specversion") == "" {
+		return false
+	}
+	for k, vs := range stored {
+		if len(vs) == 0 {
+			continue
+		}
+		if strings.EqualFold(k, storedContentType) {
+			h["Content-Type"] = vs[:1]
+			continue
+		}
+		if len(k) <= len(storedPrefix) || !strings.EqualFold(k[:len(storedPrefix)], storedPrefix) {
+			continue
+		}
+		if slices.ContainsFunc(omit, func(o string) bool { return strings.EqualFold(k[len(storedPrefix):], o) }) {
+			continue
+		}
+		h[textproto.CanonicalMIMEHeaderKey(k)] = vs[:1]
+	}
+	return true
 }
 
 // StoredIdentity is what the ce- headers of a stored message say of its

@@ -20,6 +20,8 @@ import (
 	"github.com/cloudevents/sdk-go/v2/binding"
 	"github.com/cloudevents/sdk-go/v2/event"
 	cehttp "github.com/cloudevents/sdk-go/v2/protocol/http"
+	"github.com/cloudevents/sdk-go/v2/types"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	eventingduckv1 "knative.dev/eventing/pkg/apis/duck/v1"
 	kbroker "knative.dev/eventing/pkg/broker"
@@ -41,12 +43,36 @@ type outcome struct {
 	reply  *cloudevents.Event
 	err    error // nil: delivered
 	permit bool  // the failure may be retried
+	// undecodable: the stored event, needed whole, does not decode.
+	undecodable bool
+}
+
+// delivery is an event on its way to a subscriber: its message in the
+// stream, and the event decoded from it once a step needs more than the
+// message (a structured delivery, a dead letter).
+type delivery struct {
+	msg jetstream.Msg
+	ev  *cloudevents.Event
+}
+
+// event is the decoded event without the broker's TTL, which subscribers
+// are not shown.
+func (dl *delivery) event() (*cloudevents.Event, error) {
+	if dl.ev == nil {
+		ev, err := broker.Decode(dl.msg.Headers(), dl.msg.Data())
+		if err != nil {
+			return nil, err
+		}
+		_ = kbroker.DeleteTTL(ev.Context)
+		dl.ev = &ev
+	}
+	return dl.ev, nil
 }
 
 func (d *Dispatcher) handle(ctx context.Context, msg jetstream.Msg) {
 	d.stats.InFlight.Add(1)
 	defer d.stats.InFlight.Add(-1)
-	log := &eventLog{base: d.log}
+	log := &eventLog{base: d.log, stored: msg.Headers()}
 	defer func() {
 		// A bug must not take the dispatcher down with every Trigger of
 		// the process; the event stays in the stream for inspection.
@@ -58,36 +84,33 @@ func (d *Dispatcher) handle(ctx context.Context, msg jetstream.Msg) {
 
 	meta, err := msg.Metadata()
 	if err != nil {
-		log.with(broker.StoredIdentity(msg.Headers())...)
 		d.drop(log, DropUndecodable, "message without metadata, terminated", "err", err)
 		d.ackErr(log, "term", msg.TermWithReason("no metadata"))
 		return
 	}
 	log.with("seq", meta.Sequence.Stream)
-	ev, err := broker.Decode(msg.Headers(), msg.Data())
-	if err != nil {
-		log.with(broker.StoredIdentity(msg.Headers())...)
+	dl := &delivery{msg: msg}
+	if err := d.filterOut(ctx, dl); err != nil {
+		if errors.Is(err, errFiltered) {
+			d.stats.Filtered.Add(1)
+			d.ackErr(log, "ack", msg.Ack())
+			return
+		}
 		d.drop(log, DropUndecodable, "undecodable stored event, terminated", "err", err)
 		d.ackErr(log, "term", msg.TermWithReason("undecodable event"))
-		return
-	}
-	log.with("id", ev.ID(), "source", ev.Source(), "type", ev.Type())
-	if d.filter.Filter(ctx, ev) == eventfilter.FailFilter {
-		d.stats.Filtered.Add(1)
-		d.ackErr(log, "ack", msg.Ack())
 		return
 	}
 
 	stop := keepAlive(msg, d.cfg.AckWait)
 	defer stop()
 
-	// The broker's TTL is not shown to subscribers; a reply carries it on.
-	ttl, _ := kbroker.GetTTL(ev.Context)
-	_ = kbroker.DeleteTTL(ev.Context)
-
 	attempt := int(meta.NumDelivered)
 	log.with("attempt", attempt)
 	key := deadLetterKey(meta.Consumer, meta.Sequence.Stream)
+	h := msg.Headers()
+	msgID := func() string {
+		return broker.MsgID(broker.StoredAttribute(h, "source"), broker.StoredAttribute(h, "id"))
+	}
 	var failed *failure
 	if attempt > 1 && d.dead != nil {
 		// A redelivery may be an event whose subscriber is done with it
@@ -95,14 +118,16 @@ func (d *Dispatcher) handle(ctx context.Context, msg jetstream.Msg) {
 		if failed, err = d.dead.get(ctx, key); err != nil {
 			log.get().Warn("could not read the dead-letter state, delivering to the subscriber", "err", err)
 		}
-		if failed != nil && failed.Event != broker.MsgID(ev.Source(), ev.ID()) {
+		if failed != nil && failed.Event != msgID() {
 			log.get().Warn("dead-letter state of another event under this key, ignored", "key", key)
 			failed = nil
 		}
 	}
 	if failed == nil {
-		out := d.attempt(ctx, d.cfg.Subscriber, &ev, nil)
+		out := d.attempt(ctx, d.cfg.Subscriber, dl, nil)
 		if out.err == nil && out.reply != nil {
+			// The reply carries the event's TTL on into the Broker.
+			ttl, _ := types.ToInteger(broker.StoredAttribute(h, kbroker.TTLAttribute))
 			_ = kbroker.SetTTL(out.reply.Context, ttl)
 			_, err := d.pub.Publish(ctx, d.cfg.Broker, out.reply)
 			switch {
@@ -120,6 +145,11 @@ func (d *Dispatcher) handle(ctx context.Context, msg jetstream.Msg) {
 		if out.err == nil {
 			d.stats.Delivered.Add(1)
 			d.ackErr(log, "ack", msg.Ack())
+			return
+		}
+		if out.undecodable {
+			d.drop(log, DropUndecodable, "undecodable stored event, terminated", "err", out.err)
+			d.ackErr(log, "term", msg.TermWithReason("undecodable event"))
 			return
 		}
 		log.with("code", out.code)
@@ -141,14 +171,42 @@ func (d *Dispatcher) handle(ctx context.Context, msg jetstream.Msg) {
 			return
 		}
 		failed = failureOf(out)
-		failed.Event = broker.MsgID(ev.Source(), ev.ID())
+		failed.Event = msgID()
 		log.with("err", out.err)
 	}
 	if ctx.Err() != nil {
 		d.ackErr(log, "nak", msg.Nak())
 		return
 	}
-	d.deadLetter(ctx, log, msg, &ev, key, failed)
+	d.deadLetter(ctx, log, dl, key, failed)
+}
+
+// errUndecodable says the stored event does not decode.
+var errUndecodable = errors.New("undecodable stored event")
+
+// errFiltered says the Trigger's filter does not pass an event.
+var errFiltered = errors.New("filtered out")
+
+// filterOut runs the Trigger's filter on the event, decoding only what the
+// filter reads when that is known; errFiltered when the filter fails it.
+func (d *Dispatcher) filterOut(ctx context.Context, dl *delivery) error {
+	var ev cloudevents.Event
+	var err error
+	if d.partial {
+		ev, err = broker.DecodeAttributes(dl.msg.Headers(), dl.msg.Data(), d.reads)
+	} else {
+		var full *cloudevents.Event
+		if full, err = dl.event(); err == nil {
+			ev = *full
+		}
+	}
+	if err != nil {
+		return err
+	}
+	if d.filter.Filter(ctx, ev) == eventfilter.FailFilter {
+		return errFiltered
+	}
+	return nil
 }
 
 // deadLetter sends ev to the dead-letter sink (d.dead is open whenever
@@ -156,8 +214,15 @@ func (d *Dispatcher) handle(ctx context.Context, msg jetstream.Msg) {
 // at the sink, with the DeliverySpec's backoff, for as long as the event
 // stays in the stream: what the subscriber said is remembered in JetStream
 // before the event is handed back.
-func (d *Dispatcher) deadLetter(ctx context.Context, log *eventLog, msg jetstream.Msg, ev *cloudevents.Event, key string, failed *failure) {
-	dead := d.attempt(ctx, d.cfg.DeadLetter, ev, failed.transformers())
+func (d *Dispatcher) deadLetter(ctx context.Context, log *eventLog, dl *delivery, key string, failed *failure) {
+	msg := dl.msg
+	dead := d.attempt(ctx, d.cfg.DeadLetter, dl, failed.transformers())
+	if dead.undecodable {
+		d.drop(log, DropUndecodable, "undecodable stored event, terminated", "err", dead.err)
+		d.ackErr(log, "term", msg.TermWithReason("undecodable event"))
+		d.forgetDeadLetter(ctx, log, key, failed.Tries > 0)
+		return
+	}
 	if dead.err == nil {
 		log.get().Warn("event sent to the dead-letter sink", "subscriberCode", failed.Code)
 		d.stats.DeadLettered.Add(1)
@@ -188,11 +253,13 @@ func (d *Dispatcher) deadLetter(ctx context.Context, log *eventLog, msg jetstrea
 
 // eventLog is the logger of one delivery, made only when something is
 // logged: slog's With copies the handler, and a delivered event, the
-// common case, logs nothing.
+// common case, logs nothing. Its lines name the event by what the stored
+// message's headers say.
 type eventLog struct {
-	base *slog.Logger
-	args []any
-	log  *slog.Logger
+	base   *slog.Logger
+	stored nats.Header
+	args   []any
+	log    *slog.Logger
 }
 
 // with adds attributes to every line logged from now on.
@@ -203,7 +270,7 @@ func (l *eventLog) with(args ...any) {
 
 func (l *eventLog) get() *slog.Logger {
 	if l.log == nil {
-		l.log = l.base.With(l.args...)
+		l.log = l.base.With(append(broker.StoredIdentity(l.stored), l.args...)...)
 	}
 	return l.log
 }
@@ -282,8 +349,9 @@ func jsonMediaType(mt string) bool {
 	return false
 }
 
-// attempt sends ev once to ep and classifies the response.
-func (d *Dispatcher) attempt(ctx context.Context, ep Endpoint, ev *cloudevents.Event, tr binding.Transformers) outcome {
+// attempt sends the event once to ep, with tr applied, and classifies the
+// response.
+func (d *Dispatcher) attempt(ctx context.Context, ep Endpoint, dl *delivery, tr binding.Transformers) outcome {
 	dest, release, err := d.acquire(ctx, ep)
 	if err != nil {
 		return failedAttempt(nil, http.StatusServiceUnavailable, nil, nil, fmt.Errorf("no instance of the subscriber became ready: %w", err))
@@ -292,16 +360,15 @@ func (d *Dispatcher) attempt(ctx context.Context, ep Endpoint, ev *cloudevents.E
 
 	rctx, cancel := context.WithTimeout(ctx, d.policy.Timeout)
 	defer cancel()
-	req, err := d.request(rctx, dest, ev, tr)
+	req, err := d.request(rctx, dest, dl, tr)
 	if err != nil {
-		return outcome{dest: dest, code: http.StatusInternalServerError, err: err}
+		return outcome{dest: dest, code: http.StatusInternalServerError, err: err, undecodable: errors.Is(err, errUndecodable)}
 	}
 	resp, err := d.client.Do(req)
 	if err != nil {
 		return failedAttempt(dest, http.StatusInternalServerError, nil, []byte("dispatch error: "+err.Error()), err)
 	}
-	body, err := io.ReadAll(io.LimitReader(resp.Body, maxResponseBytes))
-	resp.Body.Close()
+	body, err := readBody(resp)
 	if err != nil {
 		return failedAttempt(dest, http.StatusInternalServerError, nil, []byte("read response: "+err.Error()), fmt.Errorf("read response: %w", err))
 	}
@@ -322,9 +389,26 @@ func (d *Dispatcher) attempt(ctx context.Context, ep Endpoint, ev *cloudevents.E
 
 // request is the POST of ev to dest, in the Trigger's delivery format:
 // binary mode unless spec.delivery.format is json. Attribute headers go out
-// percent-encoded (binding §3.1.3.2).
-func (d *Dispatcher) request(ctx context.Context, dest *url.URL, ev *cloudevents.Event, tr binding.Transformers) (*http.Request, error) {
-	if f := d.cfg.Delivery; f != nil && f.Format != nil && *f.Format == eventingduckv1.DeliveryFormatJson {
+// percent-encoded (binding §3.1.3.2). In binary mode, the stored message
+// goes out message to message: its ce- headers but the broker's TTL and
+// its data as they are.
+func (d *Dispatcher) request(ctx context.Context, dest *url.URL, dl *delivery, tr binding.Transformers) (*http.Request, error) {
+	asJSON := d.cfg.Delivery != nil && d.cfg.Delivery.Format != nil && *d.cfg.Delivery.Format == eventingduckv1.DeliveryFormatJson
+	if !asJSON && len(tr) == 0 {
+		req, err := http.NewRequestWithContext(ctx, http.MethodPost, dest.String(), bytes.NewReader(dl.msg.Data()))
+		if err != nil {
+			return nil, fmt.Errorf("build request: %w", err)
+		}
+		if broker.CopyHTTPBinary(dl.msg.Headers(), req.Header, kbroker.TTLAttribute) {
+			req.Header.Set("Prefer", "reply")
+			return req, nil
+		}
+	}
+	ev, err := dl.event()
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", errUndecodable, err)
+	}
+	if asJSON {
 		body, err := structured(ctx, ev, tr)
 		if err != nil {
 			return nil, err
@@ -347,6 +431,16 @@ func (d *Dispatcher) request(ctx context.Context, dest *url.URL, ev *cloudevents
 	}
 	ceheader.EncodeHTTP(req.Header)
 	return req, nil
+}
+
+// readBody reads at most maxResponseBytes of resp's body and closes it; an
+// empty body, the common answer, costs no buffer.
+func readBody(resp *http.Response) ([]byte, error) {
+	defer resp.Body.Close()
+	if resp.ContentLength == 0 {
+		return nil, nil
+	}
+	return io.ReadAll(io.LimitReader(resp.Body, maxResponseBytes))
 }
 
 // structured is ev in the JSON event format, with tr applied to a copy.

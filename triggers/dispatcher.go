@@ -56,10 +56,14 @@ type Dispatcher struct {
 	pub    broker.Publisher
 	client *http.Client
 	filter eventfilter.Filter
-	policy Policy
-	dead   *deadLetters // nil without a dead-letter sink
-	log    *slog.Logger
-	stats  *Stats
+	// reads names what the filter reads when partial is set; else the
+	// filter gets the whole event.
+	reads   []string
+	partial bool
+	policy  Policy
+	dead    *deadLetters // nil without a dead-letter sink
+	log     *slog.Logger
+	stats   *Stats
 }
 
 // ConsumerName is the durable JetStream consumer of a Trigger.
@@ -99,6 +103,7 @@ func New(ctx context.Context, js jetstream.JetStream, pub broker.Publisher, clie
 	if err != nil {
 		return nil, fmt.Errorf("trigger %s/%s: filters: %w", t.Namespace, t.Name, err)
 	}
+	reads, partial := filterReads(t)
 	var dead *deadLetters
 	if cfg.DeadLetter != nil {
 		// The state of an event lives as long as the event can.
@@ -111,16 +116,18 @@ func New(ctx context.Context, js jetstream.JetStream, pub broker.Publisher, clie
 		}
 	}
 	return &Dispatcher{
-		cfg:    cfg,
-		name:   t.Namespace + "/" + t.Name,
-		cons:   cons,
-		pub:    pub,
-		client: client,
-		filter: filter,
-		policy: policy,
-		dead:   dead,
-		log:    log.With("trigger", t.Namespace+"/"+t.Name),
-		stats:  &Stats{},
+		cfg:     cfg,
+		name:    t.Namespace + "/" + t.Name,
+		cons:    cons,
+		pub:     pub,
+		client:  client,
+		filter:  filter,
+		reads:   reads,
+		partial: partial,
+		policy:  policy,
+		dead:    dead,
+		log:     log.With("trigger", t.Namespace+"/"+t.Name),
+		stats:   &Stats{},
 	}, nil
 }
 

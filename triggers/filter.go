@@ -3,6 +3,7 @@ package triggers
 import (
 	"context"
 	"fmt"
+	"slices"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 	eventingv1 "knative.dev/eventing/pkg/apis/eventing/v1"
@@ -191,4 +192,46 @@ func exactTypeIn(all []eventingv1.SubscriptionsAPIFilter) (string, bool) {
 		}
 	}
 	return "", false
+}
+
+// filterReads names the attributes the Trigger's filter reads, when they
+// are known without evaluating it: every dialect names them but CESQL,
+// whose expressions may read any attribute.
+func filterReads(t *eventingv1.Trigger) ([]string, bool) {
+	if len(t.Spec.Filters) > 0 {
+		var names []string
+		for _, f := range t.Spec.Filters {
+			if !readsOf(f, &names) {
+				return nil, false
+			}
+		}
+		return names, true
+	}
+	var names []string
+	if t.Spec.Filter != nil {
+		for k := range t.Spec.Filter.Attributes {
+			names = append(names, k)
+		}
+	}
+	return names, true
+}
+
+func readsOf(f eventingv1.SubscriptionsAPIFilter, names *[]string) bool {
+	if f.CESQL != "" {
+		return false
+	}
+	for _, m := range []map[string]string{f.Exact, f.Prefix, f.Suffix} {
+		for k := range m {
+			*names = append(*names, k)
+		}
+	}
+	for _, g := range append(slices.Clone(f.All), f.Any...) {
+		if !readsOf(g, names) {
+			return false
+		}
+	}
+	if f.Not != nil {
+		return readsOf(*f.Not, names)
+	}
+	return true
 }

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -232,17 +231,19 @@ func watch(natsURL string, typ string) (*watcher, error) {
 	}
 	w := &watcher{nc: nc, due: map[string]chan struct{}{}}
 	_, err = nc.Subscribe(defaultBroker.TypeSubject(typ), func(m *nats.Msg) {
-		var ev struct {
-			Data struct {
-				Customer string `json:"customer"`
-			} `json:"data"`
+		ev, err := broker.Decode(m.Header, m.Data)
+		if err != nil {
+			return
 		}
-		if json.Unmarshal(m.Data, &ev) != nil {
+		var data struct {
+			Customer string `json:"customer"`
+		}
+		if ev.DataAs(&data) != nil {
 			return
 		}
 		w.mu.Lock()
-		ch := w.due[ev.Data.Customer]
-		delete(w.due, ev.Data.Customer)
+		ch := w.due[data.Customer]
+		delete(w.due, data.Customer)
 		w.mu.Unlock()
 		if ch != nil {
 			close(ch)

@@ -246,7 +246,7 @@ func newOrderEvent(id string) cloudevents.Event {
 }
 
 // consumeAndPost is the least a dispatcher must do: pull n messages and,
-// conc at a time, POST each stored event as it is (structured mode) to url
+// conc at a time, POST each stored event as it is (binary mode) to url
 // with client, acking it after a 2xx. It returns the rate.
 func consumeAndPost(ctx context.Context, cons jetstream.Consumer, n, conc int, limit time.Duration, client *http.Client, url string) (float64, error) {
 	ctx, cancel := context.WithTimeout(ctx, limit)
@@ -268,7 +268,13 @@ func consumeAndPost(ctx context.Context, cons jetstream.Consumer, n, conc int, l
 					errs <- err
 					return
 				}
-				req.Header.Set("Content-Type", "application/cloudevents+json")
+				// The stored message is a binary-mode CloudEvent: its
+				// headers go out as HTTP headers, its data as the body.
+				for k, vs := range msg.Headers() {
+					for _, v := range vs {
+						req.Header.Add(k, v)
+					}
+				}
 				resp, err := client.Do(req)
 				if err != nil {
 					errs <- err
