@@ -39,7 +39,6 @@ const (
 	EventsPath = "/_board/events"
 	OrdersPath = "/_board/orders"
 	KillPath   = "/_board/kill"
-	FeedPath   = "/_board/feed"
 	AssetsPath = "/_board/assets/"
 )
 
@@ -119,13 +118,12 @@ func New(d Deps) *Board {
 	b.mux.HandleFunc("GET "+EventsPath, b.events)
 	b.mux.HandleFunc("POST "+OrdersPath, b.placeOrder)
 	b.mux.HandleFunc("POST "+KillPath, b.kill)
-	b.mux.HandleFunc("POST "+FeedPath, b.feed)
 	return b
 }
 
 // Routes lists the patterns to mount the Board under.
 func Routes() []string {
-	return []string{"GET " + PagePath + "{$}", "GET " + AssetsPath, "GET " + EventsPath, "POST " + OrdersPath, "POST " + KillPath, "POST " + FeedPath}
+	return []string{"GET " + PagePath + "{$}", "GET " + AssetsPath, "GET " + EventsPath, "POST " + OrdersPath, "POST " + KillPath}
 }
 
 func (b *Board) ServeHTTP(w http.ResponseWriter, r *http.Request) { b.mux.ServeHTTP(w, r) }
@@ -146,35 +144,26 @@ func (b *Board) Run(ctx context.Context) {
 	}
 }
 
-// feed is the Trigger subscriber: every koffeeshop event moves an order on.
-func (b *Board) feed(w http.ResponseWriter, r *http.Request) {
-	ev, err := binding.ToEvent(r.Context(), cehttp.NewMessageFromHttpRequest(r))
-	if err != nil {
-		http.Error(w, "not a CloudEvent: "+err.Error(), http.StatusBadRequest)
-		return
-	}
+// Apply moves an order on with one of the shop's events, stored in the
+// Broker at time at; other events are ignored.
+func (b *Board) Apply(ev cloudevents.Event, at time.Time) {
 	stage, ok := stageOf[ev.Type()]
 	if !ok {
-		w.WriteHeader(http.StatusAccepted)
 		return
 	}
 	var p struct {
 		OrderID, Customer, Beverage, Barista, Reason string
 	}
-	if err := coffee.Decode(*ev, &p); err != nil {
-		// Not an order of ours: nothing to show, nothing to retry.
-		w.WriteHeader(http.StatusAccepted)
-		return
+	if err := coffee.Decode(ev, &p); err != nil {
+		return // not an order of ours: nothing to show
 	}
 	if ev.Type() == coffee.TypeOrderPlaced {
-		p.OrderID = coffee.OrderID(*ev)
+		p.OrderID = coffee.OrderID(ev)
 	}
 	if p.OrderID == "" {
-		w.WriteHeader(http.StatusAccepted)
 		return
 	}
-	b.advance(Order{OrderID: p.OrderID, Customer: p.Customer, Beverage: p.Beverage, Stage: stage, Barista: p.Barista, Reason: p.Reason})
-	w.WriteHeader(http.StatusAccepted)
+	b.advance(Order{OrderID: p.OrderID, Customer: p.Customer, Beverage: p.Beverage, Stage: stage, Barista: p.Barista, Reason: p.Reason, Updated: at})
 }
 
 func (b *Board) advance(in Order) {
@@ -199,7 +188,7 @@ func (b *Board) advance(in Order) {
 			*dst = src
 		}
 	}
-	o.Updated = time.Now()
+	o.Updated = in.Updated
 	snapshot := *o
 	b.mu.Unlock()
 	b.broadcast("order", snapshot)

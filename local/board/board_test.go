@@ -9,10 +9,9 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
-	"github.com/cloudevents/sdk-go/v2/binding"
-	cehttp "github.com/cloudevents/sdk-go/v2/protocol/http"
 
 	"github.com/koffeeshop/koffeeshop/functions/coffee"
 	"github.com/koffeeshop/koffeeshop/local/board"
@@ -22,18 +21,10 @@ func newBoard() *board.Board {
 	return board.New(board.Deps{Log: slog.New(slog.DiscardHandler)})
 }
 
-// feed delivers e to the board as its Trigger does: binary mode to FeedPath.
+// feed applies e to the board as its Follow does.
 func feed(t *testing.T, b *board.Board, e cloudevents.Event) {
 	t.Helper()
-	req := httptest.NewRequestWithContext(t.Context(), http.MethodPost, board.FeedPath, nil)
-	if err := cehttp.WriteRequest(t.Context(), binding.ToMessage(&e), req); err != nil {
-		t.Fatal(err)
-	}
-	rec := httptest.NewRecorder()
-	b.ServeHTTP(rec, req)
-	if rec.Code/100 != 2 {
-		t.Fatalf("feed %s: %d %s", e.Type(), rec.Code, rec.Body)
-	}
+	b.Apply(e, time.Now())
 }
 
 func event(t *testing.T, id, typ, contentType string, data any) cloudevents.Event {

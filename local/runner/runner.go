@@ -148,7 +148,7 @@ func New(ctx context.Context, opts Options, log *slog.Logger) (_ *Runner, err er
 	}
 	mux := http.NewServeMux()
 	if len(opts.Only) == 0 {
-		if err = r.buildBoard(ctx, mux); err != nil {
+		if err = r.buildBoard(mux); err != nil {
 			return nil, err
 		}
 	}
@@ -548,6 +548,12 @@ func (r *Runner) Run(ctx context.Context) error {
 	}
 	if r.board != nil {
 		go r.board.Run(dispCtx)
+		b := r.set.Brokers[0]
+		dispWG.Go(func() {
+			if err := r.board.Follow(dispCtx, r.js, broker.Ref{Namespace: b.Namespace, Name: b.Name}); err != nil {
+				r.log.Error("the board stopped following the broker", "err", err)
+			}
+		})
 	}
 	srvErr := make(chan error, 1)
 	go func() { srvErr <- r.srv.Serve(r.ln) }()
