@@ -25,6 +25,9 @@ func (r Ref) String() string { return r.Namespace + "/" + r.Name }
 // token makes a Kubernetes name usable inside a NATS subject token and a
 // stream or consumer name, which may not contain '.', '*', '>' or spaces.
 func token(s string) string {
+	if !strings.ContainsAny(s, ".*> \t\r\n") {
+		return s
+	}
 	return strings.Map(func(r rune) rune {
 		switch r {
 		case '.', '*', '>', ' ', '\t', '\r', '\n':
