@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"sync"
@@ -163,9 +164,9 @@ type shop struct {
 }
 
 // startShop runs the shop from configDir, with prepare-beverage brewing
-// for 0 s, until stop is called. Unless -board is set, the runner is
-// limited to the Services of configDir and their Triggers, which leaves
-// out the web board and its Trigger for every event.
+// for 0 s, until stop is called. With -board=false, the runner is limited
+// to the Services of configDir and their Triggers, which leaves out the
+// web board.
 func (b *bench) startShop(ctx context.Context, configDir string) (*shop, error) {
 	var only []string
 	if !b.opts.board {
@@ -186,6 +187,11 @@ func (b *bench) startShop(ctx context.Context, configDir string) (*shop, error) 
 		return nil, err
 	}
 	rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	// The shop's goroutines, those of its embedded NATS server too, carry
+	// the shop's label in CPU profiles.
+	rctx = pprof.WithLabels(rctx, pprof.Labels(partLabel, partShop))
+	pprof.SetGoroutineLabels(rctx)
+	defer pprof.SetGoroutineLabels(ctx)
 	r, err := runner.New(rctx, runner.Options{
 		ConfigDirs: []string{configDir},
 		BinDir:     bin,

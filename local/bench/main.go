@@ -37,6 +37,7 @@ type Settings struct {
 	E2ERate             float64       `json:"e2eRate"`
 	E2ELightRate        float64       `json:"e2eLightRate"`
 	E2EDuration         time.Duration `json:"e2eDurationNanos"`
+	E2ESaturationCount  int           `json:"e2eSaturationCount"`
 	ColdRounds          int           `json:"coldRounds"`
 	Limit               time.Duration `json:"limitNanos"`
 }
@@ -67,7 +68,7 @@ func run() int {
 	flag.StringVar(&o.profileDir, "cpuprofile-dir", "", "write a CPU profile of each part's koffeeshop runs into this directory")
 	flag.BoolVar(&o.verbose, "v", false, "log progress")
 	flag.BoolVar(&o.debug, "debug", false, "also show koffeeshop's warnings and the functions' output")
-	flag.BoolVar(&o.board, "board", false, "run the shops with the web board and its Trigger for every event")
+	flag.BoolVar(&o.board, "board", true, "run the shops with the web board, as make run does")
 	flag.IntVar(&o.Rounds, "rounds", 3, "rounds of each measurement; the table shows medians")
 	flag.IntVar(&o.IngressConcurrency, "ingress-concurrency", 64, "HTTP requests (and JetStream publishes) in flight")
 	flag.IntVar(&o.IngressCount, "ingress-count", 20000, "requests per ingress round")
@@ -76,11 +77,12 @@ func run() int {
 	flag.Float64Var(&o.E2ERate, "e2e-rate", 1000, "orders per second offered in the end-to-end rounds")
 	flag.Float64Var(&o.E2ELightRate, "e2e-light-rate", 100, "orders per second of the light end-to-end rounds (0: none)")
 	flag.DurationVar(&o.E2EDuration, "e2e-duration", 5*time.Second, "length of each end-to-end round")
+	flag.IntVar(&o.E2ESaturationCount, "e2e-saturation-count", 20000, "orders of the saturated end-to-end round (0: none)")
 	flag.IntVar(&o.ColdRounds, "cold-rounds", 5, "cold starts measured")
 	flag.DurationVar(&o.Limit, "limit", 30*time.Second, "time limit of any one load run")
 	flag.Parse()
 	o.only = splitList(only)
-	if o.Rounds < 1 || o.IngressCount < 1 || o.DispatchCount < 1 || o.E2ERate <= 0 || o.E2EDuration <= 0 || o.ColdRounds < 1 {
+	if o.Rounds < 1 || o.IngressCount < 1 || o.E2ESaturationCount < 0 || o.DispatchCount < 1 || o.E2ERate <= 0 || o.E2EDuration <= 0 || o.ColdRounds < 1 {
 		fmt.Fprintln(os.Stderr, "bench: rounds, counts, rate and durations must be positive")
 		return 2
 	}
@@ -103,6 +105,11 @@ func run() int {
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	// Every goroutine of the bench is its own (the load, the observers)
+	// unless started for a shop (see startShop): CPU profiles tell them
+	// apart by this label.
+	ctx = pprof.WithLabels(ctx, pprof.Labels(partLabel, partLoad))
+	pprof.SetGoroutineLabels(ctx)
 
 	b := &bench{opts: o, log: log, progress: progress}
 	if err := b.run(ctx); err != nil {

@@ -77,6 +77,14 @@ func (m Metric) atLeastRatio(r float64) Metric {
 	return m
 }
 
+// atLeast is a goal on the value itself.
+func (m Metric) atLeast(limit float64) Metric {
+	m.Goal = fmt.Sprintf("≥ %s", format(m.Unit, limit))
+	ok := m.Ours >= limit
+	m.Pass = &ok
+	return m
+}
+
 // below is a goal on the value itself.
 func (m Metric) below(limit float64) Metric {
 	m.Goal = fmt.Sprintf("< %s", format(m.Unit, limit))

@@ -14,53 +14,6 @@ import (
 	"github.com/koffeeshop/koffeeshop/local/loadgen"
 )
 
-// BenchmarkColdStart measures, as medians over repeated rounds, the time
-// from the 202 of an order to take-order's reply (order.accepted) reaching
-// an observer when take-order is at zero instances, against the same path
-// with take-order warm, measured in the same run.
-func BenchmarkColdStart(b *testing.B) {
-	const rounds = 7
-	for range b.N {
-		s := startShopWith(b, shopOptions{configDir: scaledConfig(b, retention("1s")...)})
-		var cold, warm, ready []time.Duration
-		for i := range rounds {
-			waitZero(b, s, "take-order")
-			cold = append(cold, orderToAccepted(b, s, fmt.Sprintf("cold-%d", i)))
-			ready = append(ready, fnStatus(s, "take-order").LastColdStart)
-			warm = append(warm, orderToAccepted(b, s, fmt.Sprintf("warm-%d", i)))
-		}
-		mc, mw := loadgen.Median(cold), loadgen.Median(warm)
-		b.ReportMetric(float64(mc.Microseconds())/1000, "ms/cold-start")
-		b.ReportMetric(float64(loadgen.Median(ready).Microseconds())/1000, "ms/activation-to-ready")
-		b.ReportMetric(float64(mw.Microseconds())/1000, "ms/warm-baseline")
-		b.ReportMetric(float64(mc)/float64(mw), "cold/warm")
-		b.ReportMetric(float64(2*time.Second)/float64(mc), "x-faster-than-knative-2s")
-		fmt.Printf("cold start (202 → order.accepted, take-order at zero): median %s over %d rounds; warm baseline %s; ratio %.1f; Knative's published 2-4 s is %.0f-%.0fx slower\n",
-			mc.Round(time.Microsecond*10), rounds, mw.Round(time.Microsecond*10), float64(mc)/float64(mw), float64(2*time.Second)/float64(mc), float64(4*time.Second)/float64(mc))
-	}
-}
-
-func waitZero(tb testing.TB, s *shop, name string) {
-	deadline := time.Now().Add(20 * time.Second)
-	for len(fnStatus(s, name).Instances) > 0 {
-		if time.Now().After(deadline) {
-			tb.Fatalf("%s did not scale to zero", name)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-func orderToAccepted(tb testing.TB, s *shop, id string) time.Duration {
-	n := len(s.collector.ofType("com.koffeeshop.order.accepted"))
-	start := time.Now()
-	resp := postBinary(tb, s.IngressURL()+"/default/default", id, "/bench", "com.koffeeshop.order.placed", `{"customer":"ada","beverage":"latte"}`)
-	if resp.StatusCode != http.StatusAccepted {
-		tb.Fatalf("status %d", resp.StatusCode)
-	}
-	s.collector.waitFor(tb, "com.koffeeshop.order.accepted", n+1, 30*time.Second)
-	return time.Since(start)
-}
-
 // BenchmarkBurst measures the time to absorb a burst of 1,000 orders (all
 // placed, accepted, brewed with 0 s brew time and notified) starting from
 // zero instances, as the median of repeated runs.
