@@ -14,7 +14,9 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"runtime/debug"
+	"runtime/pprof"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -332,5 +334,32 @@ func run(instance string, log *slog.Logger, h Handler, routes []Route) error {
 	// A second signal during the drain terminates the process immediately.
 	context.AfterFunc(ctx, stop)
 
+	if dir := os.Getenv(EnvCPUProfileDir); dir != "" {
+		done, err := profileCPU(filepath.Join(dir, instance+".prof"))
+		if err != nil {
+			return err
+		}
+		defer done()
+	}
 	return srv.Serve(ctx, ln)
+}
+
+// EnvCPUProfileDir, when set, makes the function write a CPU profile of
+// its whole life to <dir>/<instance>.prof when it stops (make bench reads
+// them to show where each function's CPU goes).
+const EnvCPUProfileDir = "KOFFEESHOP_CPUPROFILE_DIR"
+
+func profileCPU(path string) (func(), error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, fmt.Errorf("cpu profile: %w", err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("cpu profile: %w", err)
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
+	}, nil
 }

@@ -21,6 +21,7 @@ import (
 
 	"github.com/koffeeshop/koffeeshop/broker"
 	"github.com/koffeeshop/koffeeshop/config"
+	"github.com/koffeeshop/koffeeshop/functions/serve"
 	"github.com/koffeeshop/koffeeshop/local/runner"
 )
 
@@ -186,6 +187,21 @@ func (b *bench) startShop(ctx context.Context, configDir string) (*shop, error) 
 	if err != nil {
 		return nil, err
 	}
+	env := map[string][]string{"prepare-beverage": {"BREW_TIME=0s"}}
+	if b.opts.profileDir != "" {
+		// Each function instance writes a profile of its life when it
+		// stops.
+		dir, err := filepath.Abs(filepath.Join(b.opts.profileDir, "functions"))
+		if err == nil {
+			err = os.MkdirAll(dir, 0o755)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("profile dir: %w", err)
+		}
+		for _, fn := range []string{"take-order", "prepare-beverage", "notify"} {
+			env[fn] = append(env[fn], serve.EnvCPUProfileDir+"="+dir)
+		}
+	}
 	rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	// The shop's goroutines, those of its embedded NATS server too, carry
 	// the shop's label in CPU profiles.
@@ -198,7 +214,7 @@ func (b *bench) startShop(ctx context.Context, configDir string) (*shop, error) 
 		Addr:       "127.0.0.1:0",
 		DataDir:    data,
 		NATSPort:   -1,
-		Env:        map[string][]string{"prepare-beverage": {"BREW_TIME=0s"}},
+		Env:        env,
 		Only:       only,
 		Output:     b.output(),
 	}, b.log)
