@@ -8,6 +8,7 @@ import (
 	"time"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
+	"github.com/cloudevents/sdk-go/v2/event"
 	"github.com/cloudevents/sdk-go/v2/types"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -84,11 +85,11 @@ func NewStore(js jetstream.JetStream, log *slog.Logger, timeout time.Duration) *
 // subscription, instead of a request and a reply inbox per event; each
 // caller still waits for its own acknowledgement.
 func (s *Store) Publish(ctx context.Context, r Ref, e *cloudevents.Event) (Result, error) {
-	_ = kbroker.SetTTL(e.Context, nextTTL(e.Context))
-	ttl, err := kbroker.GetTTL(e.Context)
-	if err != nil || ttl <= 0 {
+	ttl := nextTTL(e.Context)
+	if ttl <= 0 {
 		return Result{}, fmt.Errorf("event %s from %s not stored in %s: %w", e.ID(), e.Source(), r, ErrTTLExhausted)
 	}
+	_ = kbroker.SetTTL(e.Context, ttl)
 	e.SetExtension(kbroker.EventArrivalTime, cloudevents.Timestamp{Time: s.now().UTC()})
 
 	typ := e.Type()
@@ -127,8 +128,15 @@ func (s *Store) Publish(ctx context.Context, r Ref, e *cloudevents.Event) (Resul
 // by the rules of Knative's TTLDefaulter: DefaultTTL when it has none or
 // one that is not an integer, else one less, never below 0.
 func nextTTL(ec cloudevents.EventContext) int32 {
-	raw, err := ec.GetExtension(kbroker.TTLAttribute)
-	if err != nil {
+	var raw any
+	if v1, ok := ec.(*event.EventContextV1); ok {
+		// The common case, without the error GetExtension builds for a
+		// missing extension.
+		raw = v1.Extensions[kbroker.TTLAttribute]
+	} else {
+		raw, _ = ec.GetExtension(kbroker.TTLAttribute)
+	}
+	if raw == nil {
 		return DefaultTTL
 	}
 	ttl, err := types.ToInteger(raw)
