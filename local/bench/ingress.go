@@ -145,7 +145,7 @@ func (b *bench) ingress(ctx context.Context) ([]Metric, error) {
 	b.report.Notes = append(b.report.Notes, fmt.Sprintf("JetStream publish latency with %d sync publishers: p50 %.2f ms, p99 %.2f ms (medians)",
 		conc, loadgen.Median(rawP50), loadgen.Median(rawP99)))
 	return []Metric{
-		newMetric("ingress throughput vs HTTP limit", perSecond, ours).against("no-op net/http", plain).atLeastRatio(0.5),
+		newMetric("ingress throughput vs HTTP limit", perSecond, ours).against("no-op net/http", plain).atLeastRatio(0.8),
 		newMetric("ingress throughput vs storage limit", perSecond, ours).against(fmt.Sprintf("%d sync JetStream publishers", conc), raw),
 		newMetric("ingress throughput vs pipelined storage", perSecond, ours).against(fmt.Sprintf("async JetStream publish, %d pending", conc), pipelined),
 		newMetric("ingress latency p50", millis, oursP50).against("no-op net/http", httpP50),
