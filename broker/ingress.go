@@ -12,12 +12,19 @@ import (
 	"net/http"
 	"strings"
 
+	cloudevents "github.com/cloudevents/sdk-go/v2"
 	"github.com/cloudevents/sdk-go/v2/binding"
 	"github.com/cloudevents/sdk-go/v2/event"
 	cehttp "github.com/cloudevents/sdk-go/v2/protocol/http"
 	"github.com/nats-io/nats.go"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	semconv "go.opentelemetry.io/otel/semconv/v1.41.0"
+	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/koffeeshop/koffeeshop/broker/ceheader"
+	"github.com/koffeeshop/koffeeshop/broker/tracing"
 )
 
 // DefaultMaxBodyBytes is the default limit on an ingress request body.
@@ -27,6 +34,9 @@ const DefaultMaxBodyBytes = 1 << 20
 type IngressOptions struct {
 	// MaxBodyBytes limits the request body; larger requests get 413.
 	MaxBodyBytes int64
+	// Tracer traces each accepted event; nil traces nothing (an incoming
+	// trace context still goes on with the event).
+	Tracer trace.TracerProvider
 }
 
 // Brokers tells the ingress which Brokers it serves: the local runner's
@@ -75,6 +85,7 @@ type Ingress struct {
 	brokers Brokers
 	log     *slog.Logger
 	maxBody int64
+	tracer  trace.Tracer
 }
 
 // NewIngress serves the given Brokers and stores accepted events with pub.
@@ -82,7 +93,10 @@ func NewIngress(pub Publisher, brokers Brokers, log *slog.Logger, o IngressOptio
 	if o.MaxBodyBytes <= 0 {
 		o.MaxBodyBytes = DefaultMaxBodyBytes
 	}
-	return &Ingress{pub: pub, brokers: brokers, log: log, maxBody: o.MaxBodyBytes}
+	if o.Tracer == nil {
+		o.Tracer = noop.NewTracerProvider()
+	}
+	return &Ingress{pub: pub, brokers: brokers, log: log, maxBody: o.MaxBodyBytes, tracer: o.Tracer.Tracer(tracing.Scope)}
 }
 
 const allowed = "POST, OPTIONS"
@@ -161,6 +175,35 @@ func (in *Ingress) accept(ctx context.Context, ref Ref, r *http.Request) (int, e
 	if err := Validate(ev); err != nil {
 		return http.StatusBadRequest, fmt.Errorf("invalid CloudEvent: %w", err)
 	}
+	ctx, span := in.startSpan(ctx, r.Header, ref, ev)
+	defer span.End()
+	status, err := in.store(ctx, ref, ev)
+	span.SetAttributes(semconv.HTTPResponseStatusCode(status))
+	if err != nil {
+		span.SetStatus(codes.Error, err.Error())
+	}
+	return status, err
+}
+
+// startSpan starts the span of an accepted event: a child of the event's
+// own trace context (its Distributed Tracing extension), else of the
+// request's traceparent, else the root of a new trace.
+func (in *Ingress) startSpan(ctx context.Context, h http.Header, ref Ref, ev *cloudevents.Event) (context.Context, trace.Span) {
+	parent, ok := tracing.FromEvent(ctx, ev)
+	if !ok {
+		parent = tracing.FromHTTP(ctx, h)
+	}
+	return in.tracer.Start(parent, "ingress "+ref.String(), trace.WithSpanKind(trace.SpanKindServer),
+		trace.WithAttributes(
+			attribute.String("cloudevents.event_id", ev.ID()),
+			attribute.String("cloudevents.event_type", ev.Type()),
+			attribute.String("cloudevents.event_source", ev.Source()),
+			attribute.String("messaging.destination.name", ref.StreamName()),
+		))
+}
+
+// store publishes an accepted event and says what to answer.
+func (in *Ingress) store(ctx context.Context, ref Ref, ev *cloudevents.Event) (int, error) {
 	if _, err := in.pub.Publish(ctx, ref, ev); err != nil {
 		if errors.Is(err, ErrTTLExhausted) {
 			return http.StatusBadRequest, fmt.Errorf("event dropped: %w", ErrTTLExhausted)

@@ -13,6 +13,8 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	kbroker "knative.dev/eventing/pkg/broker"
+
+	"github.com/koffeeshop/koffeeshop/broker/tracing"
 )
 
 // DefaultTTL is the number of times an event may pass through a Broker
@@ -91,6 +93,10 @@ func (s *Store) Publish(ctx context.Context, r Ref, e *cloudevents.Event) (Resul
 	}
 	_ = kbroker.SetTTL(e.Context, ttl)
 	e.SetExtension(kbroker.EventArrivalTime, cloudevents.Timestamp{Time: s.now().UTC()})
+	// An event created in a traced hop says so; the stored message
+	// carries the context of the hop that stored it, which the delivery
+	// continues.
+	tracing.OnEvent(ctx, e)
 
 	typ := e.Type()
 	// The headers jetstream.WithMsgID and WithExpectStream would set,
@@ -102,6 +108,7 @@ func (s *Store) Publish(ctx context.Context, r Ref, e *cloudevents.Event) (Resul
 	if err := encodeStored(ctx, e, msg); err != nil {
 		return Result{}, err
 	}
+	tracing.ToCarrier(ctx, tracing.Headers(msg.Header))
 	paf, err := s.js.PublishMsgAsync(msg)
 	if err != nil {
 		return Result{}, fmt.Errorf("store event %s in %s: %w", e.ID(), r.StreamName(), err)

@@ -29,6 +29,7 @@ import (
 
 	"github.com/koffeeshop/koffeeshop/broker"
 	"github.com/koffeeshop/koffeeshop/broker/ceheader"
+	"github.com/koffeeshop/koffeeshop/broker/tracing"
 )
 
 // maxResponseBytes bounds how much of a subscriber's response is read.
@@ -111,6 +112,7 @@ func (d *Dispatcher) handle(ctx context.Context, msg jetstream.Msg) {
 	msgID := func() string {
 		return broker.MsgID(broker.StoredAttribute(h, "source"), broker.StoredAttribute(h, "id"))
 	}
+	parent := d.traceParent(ctx, h, meta, attempt)
 	var failed *failure
 	if attempt > 1 && d.dead != nil {
 		// A redelivery may be an event whose subscriber is done with it
@@ -124,12 +126,15 @@ func (d *Dispatcher) handle(ctx context.Context, msg jetstream.Msg) {
 		}
 	}
 	if failed == nil {
-		out := d.attempt(ctx, d.cfg.Subscriber, dl, nil)
+		actx, span := d.startSpan(parent, "deliver to", attempt, h)
+		out := d.attempt(actx, d.cfg.Subscriber, dl, nil)
+		spanOutcome := outcomeDropped
+		defer func() { endSpan(span, spanOutcome, out) }()
 		if out.err == nil && out.reply != nil {
 			// The reply carries the event's TTL on into the Broker.
 			ttl, _ := types.ToInteger(broker.StoredAttribute(h, kbroker.TTLAttribute))
 			_ = kbroker.SetTTL(out.reply.Context, ttl)
-			_, err := d.pub.Publish(ctx, d.cfg.Broker, out.reply)
+			_, err := d.pub.Publish(actx, d.cfg.Broker, out.reply)
 			switch {
 			case errors.Is(err, broker.ErrTTLExhausted):
 				d.drop(log, DropReplyTTL, "reply not stored: knativebrokerttl is exhausted (an event loop?)",
@@ -143,6 +148,7 @@ func (d *Dispatcher) handle(ctx context.Context, msg jetstream.Msg) {
 			}
 		}
 		if out.err == nil {
+			spanOutcome = outcomeDelivered
 			d.stats.Delivered.Add(1)
 			d.ackErr(log, "ack", msg.Ack())
 			return
@@ -155,10 +161,12 @@ func (d *Dispatcher) handle(ctx context.Context, msg jetstream.Msg) {
 		log.with("code", out.code)
 		if ctx.Err() != nil {
 			// Stopping: hand the event back for another dispatcher at once.
+			spanOutcome = outcomeHandedBack
 			d.ackErr(log, "nak", msg.Nak())
 			return
 		}
 		if out.permit && attempt <= d.policy.Retries {
+			spanOutcome = outcomeRetry
 			delay := d.policy.Delay(attempt, out.resp)
 			log.get().Warn("delivery failed, will retry", "err", out.err, "delay", delay)
 			d.stats.Retried.Add(1)
@@ -170,6 +178,7 @@ func (d *Dispatcher) handle(ctx context.Context, msg jetstream.Msg) {
 			d.ackErr(log, "term", msg.TermWithReason(fmt.Sprintf("delivery failed: %d", out.code)))
 			return
 		}
+		spanOutcome = outcomeDeadLetter
 		failed = failureOf(out)
 		failed.Event = msgID()
 		log.with("err", out.err)
@@ -178,7 +187,7 @@ func (d *Dispatcher) handle(ctx context.Context, msg jetstream.Msg) {
 		d.ackErr(log, "nak", msg.Nak())
 		return
 	}
-	d.deadLetter(ctx, log, dl, key, failed)
+	d.deadLetter(ctx, parent, log, dl, key, failed, attempt)
 }
 
 // errUndecodable says the stored event does not decode.
@@ -214,9 +223,12 @@ func (d *Dispatcher) filterOut(ctx context.Context, dl *delivery) error {
 // at the sink, with the DeliverySpec's backoff, for as long as the event
 // stays in the stream: what the subscriber said is remembered in JetStream
 // before the event is handed back.
-func (d *Dispatcher) deadLetter(ctx context.Context, log *eventLog, dl *delivery, key string, failed *failure) {
+func (d *Dispatcher) deadLetter(ctx, parent context.Context, log *eventLog, dl *delivery, key string, failed *failure, attempt int) {
 	msg := dl.msg
-	dead := d.attempt(ctx, d.cfg.DeadLetter, dl, failed.transformers())
+	dctx, span := d.startSpan(parent, "dead-letter", attempt, msg.Headers())
+	dead := d.attempt(dctx, d.cfg.DeadLetter, dl, failed.transformers())
+	spanOutcome := outcomeDropped
+	defer func() { endSpan(span, spanOutcome, dead) }()
 	if dead.undecodable {
 		d.drop(log, DropUndecodable, "undecodable stored event, terminated", "err", dead.err)
 		d.ackErr(log, "term", msg.TermWithReason("undecodable event"))
@@ -224,6 +236,7 @@ func (d *Dispatcher) deadLetter(ctx context.Context, log *eventLog, dl *delivery
 		return
 	}
 	if dead.err == nil {
+		spanOutcome = outcomeDeadLetter
 		log.get().Warn("event sent to the dead-letter sink", "subscriberCode", failed.Code)
 		d.stats.DeadLettered.Add(1)
 		d.ackErr(log, "ack", msg.Ack())
@@ -244,6 +257,7 @@ func (d *Dispatcher) deadLetter(ctx context.Context, log *eventLog, dl *delivery
 	// backoffDelay it is 0) and never so long that a sink back in service
 	// waits for hours.
 	delay := min(max(d.policy.Delay(failed.Tries, dead.resp), minDeadLetterDelay), maxDeadLetterDelay)
+	spanOutcome = outcomeRetry
 	log.get().Error("dead-letter delivery failed, will retry the dead-letter sink", "dlsErr", dead.err, "dlsCode", dead.code, "tries", failed.Tries, "delay", delay)
 	if err := d.dead.put(context.WithoutCancel(ctx), key, failed); err != nil {
 		log.get().Error("could not remember the dead-letter state: the next delivery goes to the subscriber again", "err", err)
@@ -364,6 +378,7 @@ func (d *Dispatcher) attempt(ctx context.Context, ep Endpoint, dl *delivery, tr 
 	if err != nil {
 		return outcome{dest: dest, code: http.StatusInternalServerError, err: err, undecodable: errors.Is(err, errUndecodable)}
 	}
+	tracing.ToHTTP(rctx, req.Header)
 	resp, err := d.client.Do(req)
 	if err != nil {
 		return failedAttempt(dest, http.StatusInternalServerError, nil, []byte("dispatch error: "+err.Error()), err)
@@ -470,9 +485,11 @@ func (d *Dispatcher) acquire(ctx context.Context, ep Endpoint) (*url.URL, func()
 	if u, ok := ep.(URL); ok {
 		return u.U, func() {}, nil
 	}
-	ctx, cancel := context.WithTimeout(ctx, d.cfg.AcquireTimeout)
+	since := time.Now()
+	defer d.waited(ctx, since)
+	actx, cancel := context.WithTimeout(ctx, d.cfg.AcquireTimeout)
 	defer cancel()
-	return ep.Acquire(ctx)
+	return ep.Acquire(actx)
 }
 
 // failedAttempt is a failed attempt with the status it counts as; a transport

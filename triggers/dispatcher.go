@@ -12,11 +12,13 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/trace"
 	eventingduckv1 "knative.dev/eventing/pkg/apis/duck/v1"
 	eventingv1 "knative.dev/eventing/pkg/apis/eventing/v1"
 	"knative.dev/eventing/pkg/eventfilter"
 
 	"github.com/koffeeshop/koffeeshop/broker"
+	"github.com/koffeeshop/koffeeshop/broker/tracing"
 )
 
 // Config describes one Trigger to dispatch.
@@ -46,6 +48,9 @@ type Config struct {
 	// class's controller, on a cluster) instead of creating or updating
 	// it, so dispatcher replicas never fight over its config.
 	Bind bool
+	// Tracer traces each delivery attempt; nil traces nothing (the trace
+	// context still goes on to the subscriber).
+	Tracer trace.TracerProvider
 }
 
 // Dispatcher runs one Trigger.
@@ -64,6 +69,7 @@ type Dispatcher struct {
 	dead    *deadLetters // nil without a dead-letter sink
 	log     *slog.Logger
 	stats   *Stats
+	tracer  trace.Tracer
 }
 
 // ConsumerName is the durable JetStream consumer of a Trigger.
@@ -128,6 +134,7 @@ func New(ctx context.Context, js jetstream.JetStream, pub broker.Publisher, clie
 		dead:    dead,
 		log:     log.With("trigger", t.Namespace+"/"+t.Name),
 		stats:   &Stats{},
+		tracer:  cfg.Tracer.Tracer(tracing.Scope),
 	}, nil
 }
 

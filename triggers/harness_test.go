@@ -146,6 +146,20 @@ func (h *harness) publish(ev cloudevents.Event) {
 // stored returns every event in the Broker's stream, in order.
 func (h *harness) stored() []cloudevents.Event {
 	h.t.Helper()
+	var out []cloudevents.Event
+	for _, m := range h.storedMsgs() {
+		ev, err := broker.Decode(m.Header, m.Data)
+		if err != nil {
+			h.t.Fatal(err)
+		}
+		out = append(out, ev)
+	}
+	return out
+}
+
+// storedMsgs returns every message in the Broker's stream, in order.
+func (h *harness) storedMsgs() []*jetstream.RawStreamMsg {
+	h.t.Helper()
 	st, err := h.js.Stream(context.Background(), h.ref.StreamName())
 	if err != nil {
 		h.t.Fatal(err)
@@ -154,17 +168,13 @@ func (h *harness) stored() []cloudevents.Event {
 	if err != nil {
 		h.t.Fatal(err)
 	}
-	var out []cloudevents.Event
+	var out []*jetstream.RawStreamMsg
 	for seq := info.State.FirstSeq; seq <= info.State.LastSeq && info.State.Msgs > 0; seq++ {
 		m, err := st.GetMsg(context.Background(), seq)
 		if err != nil {
 			h.t.Fatal(err)
 		}
-		ev, err := broker.Decode(m.Header, m.Data)
-		if err != nil {
-			h.t.Fatal(err)
-		}
-		out = append(out, ev)
+		out = append(out, m)
 	}
 	return out
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.opentelemetry.io/otel/trace"
 	"k8s.io/client-go/rest"
 	eventingv1 "knative.dev/eventing/pkg/apis/eventing/v1"
 	"knative.dev/eventing/pkg/client/clientset/versioned"
@@ -64,6 +65,8 @@ type Options struct {
 	ShutdownTimeout time.Duration
 	// Log receives the ingress's logs (slog.Default()).
 	Log *slog.Logger
+	// Tracer traces each accepted event (nil: none).
+	Tracer trace.TracerProvider
 }
 
 func (o Options) withDefaults() Options {
@@ -141,7 +144,7 @@ func serve(ctx context.Context, o Options, client versioned.Interface, nc *nats.
 
 	reg := ops.NewRegistry()
 	var h http.Handler = broker.NewIngress(store, NewBrokers(brokers.Lister()), log.With("component", "ingress"),
-		broker.IngressOptions{MaxBodyBytes: o.MaxBodyBytes})
+		broker.IngressOptions{MaxBodyBytes: o.MaxBodyBytes, Tracer: o.Tracer})
 	if o.Token != "" {
 		h = broker.RequireBearer(o.Token, h)
 	}

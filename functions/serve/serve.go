@@ -26,8 +26,14 @@ import (
 	"github.com/cloudevents/sdk-go/v2/binding"
 	"github.com/cloudevents/sdk-go/v2/protocol"
 	cehttp "github.com/cloudevents/sdk-go/v2/protocol/http"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	semconv "go.opentelemetry.io/otel/semconv/v1.41.0"
+	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/koffeeshop/koffeeshop/broker/ceheader"
+	"github.com/koffeeshop/koffeeshop/broker/tracing"
 )
 
 // Handler handles one CloudEvent and returns the reply event, or nil for no
@@ -68,6 +74,11 @@ type Config struct {
 	HandlerTimeout time.Duration
 	// MaxBodyBytes caps the size of a request body.
 	MaxBodyBytes int64
+	// Name is the function's name, in its spans' names.
+	Name string
+	// Tracer traces each event handled; nil traces nothing (the trace
+	// context still goes on to the reply).
+	Tracer trace.TracerProvider
 }
 
 // Server serves a Handler over HTTP.
@@ -79,6 +90,8 @@ type Server struct {
 	maxBodyBytes   int64
 	mux            *http.ServeMux
 	ready          atomic.Bool
+	name           string
+	tracer         trace.Tracer
 }
 
 // New returns a Server answering events on "/" with h, and on each route's
@@ -109,6 +122,14 @@ func New(cfg Config, h Handler, routes ...Route) (*Server, error) {
 	if s.maxBodyBytes <= 0 {
 		s.maxBodyBytes = DefaultMaxBodyBytes
 	}
+	s.name = cfg.Name
+	if s.name == "" {
+		s.name = "function"
+	}
+	if cfg.Tracer == nil {
+		cfg.Tracer = noop.NewTracerProvider()
+	}
+	s.tracer = cfg.Tracer.Tracer(tracing.Scope)
 
 	s.mux = http.NewServeMux()
 	s.mux.HandleFunc("POST /", s.receiver(h))
@@ -262,20 +283,43 @@ func (s *Server) receive(w http.ResponseWriter, r *http.Request, h Handler) {
 		return
 	}
 
-	reply, res := s.invoke(r.Context(), h, *event)
+	ctx, span := s.startSpan(r, event)
+	defer span.End()
+	reply, res := s.invoke(ctx, h, *event)
 	if res != nil {
+		span.SetAttributes(semconv.HTTPResponseStatusCode(StatusCode(res)))
+		span.SetStatus(codes.Error, Message(res))
 		// The body is the message alone: the status line already has the
 		// code, and a dead-letter sink reads this body as the reason.
 		http.Error(w, Message(res), StatusCode(res))
 		return
 	}
+	span.SetAttributes(semconv.HTTPResponseStatusCode(http.StatusOK))
 	if reply == nil {
 		w.WriteHeader(http.StatusOK)
 		return
 	}
+	// The reply was made in this span.
+	tracing.OnEvent(ctx, reply)
 	if err := cehttp.WriteResponseWriter(r.Context(), binding.ToMessage(reply), http.StatusOK, encodingWriter{w}); err != nil {
 		s.log.Error("write reply", "err", err)
 	}
+}
+
+// startSpan starts the span of handling event: a child of the request's
+// trace context, else of the event's.
+func (s *Server) startSpan(r *http.Request, event *cloudevents.Event) (context.Context, trace.Span) {
+	ctx := tracing.FromHTTP(r.Context(), r.Header)
+	if !trace.SpanContextFromContext(ctx).IsValid() {
+		ctx, _ = tracing.FromEvent(ctx, event)
+	}
+	return s.tracer.Start(ctx, s.name+" "+event.Type(), trace.WithSpanKind(trace.SpanKindServer),
+		trace.WithAttributes(
+			attribute.String("cloudevents.event_id", event.ID()),
+			attribute.String("cloudevents.event_type", event.Type()),
+			attribute.String("cloudevents.event_source", event.Source()),
+			attribute.String("koffeeshop.instance", s.instance),
+		))
 }
 
 // encodingWriter percent-encodes the reply's attribute headers (binding
@@ -305,14 +349,14 @@ func liveness(w http.ResponseWriter, _ *http.Request) {
 func Main(name string, h Handler, routes ...Route) {
 	instance := InstanceName(os.Getenv)
 	log := NewLogger(os.Stderr, name, instance)
-	if err := run(instance, log, h, routes); err != nil {
+	if err := run(name, instance, log, h, routes); err != nil {
 		log.Error("function failed", "err", err)
 		os.Exit(1)
 	}
 	os.Exit(0)
 }
 
-func run(instance string, log *slog.Logger, h Handler, routes []Route) error {
+func run(name, instance string, log *slog.Logger, h Handler, routes []Route) error {
 	drain, err := DurationEnv(os.Getenv, EnvDrainTimeout, DefaultDrainTimeout)
 	if err != nil {
 		return fmt.Errorf("read drain timeout: %w", err)
@@ -320,7 +364,19 @@ func run(instance string, log *slog.Logger, h Handler, routes []Route) error {
 	if drain == 0 {
 		return fmt.Errorf("%s must be positive", EnvDrainTimeout)
 	}
-	srv, err := New(Config{Instance: instance, Logger: log, DrainTimeout: drain}, h, routes...)
+	tr, err := tracing.Setup(context.Background(), tracing.Options{Service: name})
+	if err != nil {
+		return err
+	}
+	defer func() {
+		// Spans not yet exported go out before the process ends.
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := tr.Shutdown(ctx); err != nil {
+			log.Warn("tracing shutdown", "err", err)
+		}
+	}()
+	srv, err := New(Config{Instance: instance, Logger: log, DrainTimeout: drain, Name: name, Tracer: tr.Provider()}, h, routes...)
 	if err != nil {
 		return err
 	}

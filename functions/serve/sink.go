@@ -13,8 +13,10 @@ import (
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 	"github.com/cloudevents/sdk-go/v2/protocol"
 	cehttp "github.com/cloudevents/sdk-go/v2/protocol/http"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/koffeeshop/koffeeshop/broker/ceheader"
+	"github.com/koffeeshop/koffeeshop/broker/tracing"
 )
 
 // EnvSink is where a function sends events that are not replies: Knative's
@@ -62,7 +64,7 @@ func NewSink(target string, timeout time.Duration, opts ...cehttp.Option) (*Sink
 		MaxIdleConnsPerHost: 256,
 		IdleConnTimeout:     90 * time.Second,
 	}
-	opts = append([]cehttp.Option{cehttp.WithTarget(u.String()), cehttp.WithClient(http.Client{Transport: drainOnClose{transport}})}, opts...)
+	opts = append([]cehttp.Option{cehttp.WithTarget(u.String()), cehttp.WithClient(http.Client{Transport: traced{drainOnClose{transport}}})}, opts...)
 	p, err := cehttp.New(opts...)
 	if err != nil {
 		return nil, fmt.Errorf("sink %s: %w", target, err)
@@ -139,4 +141,16 @@ type drainingBody struct{ io.ReadCloser }
 func (b drainingBody) Close() error {
 	_, _ = io.CopyN(io.Discard, b.ReadCloser, 64<<10)
 	return b.ReadCloser.Close()
+}
+
+// traced sends the trace context of each request's context along, so the
+// Broker's ingress continues the sender's trace.
+type traced struct{ next http.RoundTripper }
+
+func (t traced) RoundTrip(req *http.Request) (*http.Response, error) {
+	if trace.SpanContextFromContext(req.Context()).IsValid() {
+		req = req.Clone(req.Context())
+		tracing.ToHTTP(req.Context(), req.Header)
+	}
+	return t.next.RoundTrip(req)
 }

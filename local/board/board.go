@@ -25,6 +25,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/koffeeshop/koffeeshop/broker"
+	"github.com/koffeeshop/koffeeshop/broker/tracing"
 	"github.com/koffeeshop/koffeeshop/functions/coffee"
 	"github.com/koffeeshop/koffeeshop/triggers"
 )
@@ -39,7 +40,10 @@ const (
 	EventsPath = "/_board/events"
 	OrdersPath = "/_board/orders"
 	KillPath   = "/_board/kill"
-	AssetsPath = "/_board/assets/"
+	// TracePath + a trace id is the order's timeline.
+	TracePath   = "/_board/traces/"
+	HistoryPath = "/_board/history"
+	AssetsPath  = "/_board/assets/"
 )
 
 // Deps are what the board works with.
@@ -52,6 +56,11 @@ type Deps struct {
 	// Status is the runner's function panel, refreshed every StatusEvery.
 	Status      func() any
 	StatusEvery time.Duration
+	// History is the functions' scale over the last minutes, for the
+	// chart; Trace the spans of a trace (nil when unknown), for an
+	// order's timeline.
+	History func() any
+	Trace   func(id string) any
 	// Kill SIGKILLs one instance of a Service and names it.
 	Kill func(service string) (string, error)
 	Log  *slog.Logger
@@ -84,6 +93,8 @@ type Order struct {
 	Barista  string    `json:"barista,omitempty"`
 	Reason   string    `json:"reason,omitempty"`
 	Updated  time.Time `json:"updated"`
+	// TraceID is the order's trace: every event of the order is in it.
+	TraceID string `json:"traceId,omitempty"`
 }
 
 // The stages an order moves through; it never moves back, and once at a
@@ -118,12 +129,14 @@ func New(d Deps) *Board {
 	b.mux.HandleFunc("GET "+EventsPath, b.events)
 	b.mux.HandleFunc("POST "+OrdersPath, b.placeOrder)
 	b.mux.HandleFunc("POST "+KillPath, b.kill)
+	b.mux.HandleFunc("GET "+TracePath+"{id}", b.trace)
+	b.mux.HandleFunc("GET "+HistoryPath, b.history)
 	return b
 }
 
 // Routes lists the patterns to mount the Board under.
 func Routes() []string {
-	return []string{"GET " + PagePath + "{$}", "GET " + AssetsPath, "GET " + EventsPath, "POST " + OrdersPath, "POST " + KillPath}
+	return []string{"GET " + PagePath + "{$}", "GET " + AssetsPath, "GET " + EventsPath, "POST " + OrdersPath, "POST " + KillPath, "GET " + TracePath + "{id}", "GET " + HistoryPath}
 }
 
 func (b *Board) ServeHTTP(w http.ResponseWriter, r *http.Request) { b.mux.ServeHTTP(w, r) }
@@ -142,6 +155,33 @@ func (b *Board) Run(ctx context.Context) {
 			}
 		}
 	}
+}
+
+// trace answers an order's timeline: the spans of its trace.
+func (b *Board) trace(w http.ResponseWriter, r *http.Request) {
+	var spans any
+	if b.d.Trace != nil {
+		spans = b.d.Trace(r.PathValue("id"))
+	}
+	if spans == nil {
+		http.Error(w, "no such trace (the runner keeps the recent ones, with tracing on)", http.StatusNotFound)
+		return
+	}
+	writeJSON(w, spans)
+}
+
+// history answers the functions' scale over the last minutes.
+func (b *Board) history(w http.ResponseWriter, _ *http.Request) {
+	var h any = []any{}
+	if b.d.History != nil {
+		h = b.d.History()
+	}
+	writeJSON(w, h)
+}
+
+func writeJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(v)
 }
 
 // Apply moves an order on with one of the shop's events, stored in the
@@ -163,7 +203,7 @@ func (b *Board) Apply(ev cloudevents.Event, at time.Time) {
 	if p.OrderID == "" {
 		return
 	}
-	b.advance(Order{OrderID: p.OrderID, Customer: p.Customer, Beverage: p.Beverage, Stage: stage, Barista: p.Barista, Reason: p.Reason, Updated: at})
+	b.advance(Order{OrderID: p.OrderID, Customer: p.Customer, Beverage: p.Beverage, Stage: stage, Barista: p.Barista, Reason: p.Reason, Updated: at, TraceID: tracing.TraceID(&ev)})
 }
 
 func (b *Board) advance(in Order) {
@@ -183,6 +223,9 @@ func (b *Board) advance(in Order) {
 		b.evictLocked()
 	}
 	o.Stage = in.Stage
+	if o.TraceID == "" {
+		o.TraceID = in.TraceID
+	}
 	for dst, src := range map[*string]string{&o.Customer: in.Customer, &o.Beverage: in.Beverage, &o.Barista: in.Barista, &o.Reason: in.Reason} {
 		if src != "" {
 			*dst = src

@@ -26,6 +26,16 @@ func (r *Runner) buildBoard(mux *http.ServeMux) error {
 		Broker:    ref,
 		TakeOrder: takeOrder,
 		Status:    func() any { return r.Status() },
+		History:   func() any { return r.History() },
+		Trace: func(id string) any {
+			if r.traces == nil {
+				return nil
+			}
+			if spans := r.traces.Trace(id); len(spans) > 0 {
+				return spans
+			}
+			return nil
+		},
 		Kill: func(service string) (string, error) {
 			p, ok := r.pools[b.Namespace+"/"+service]
 			if !ok {

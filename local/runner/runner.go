@@ -33,11 +33,13 @@ import (
 	servingv1 "knative.dev/serving/pkg/apis/serving/v1"
 
 	"github.com/koffeeshop/koffeeshop/broker"
+	"github.com/koffeeshop/koffeeshop/broker/tracing"
 	"github.com/koffeeshop/koffeeshop/config"
 	"github.com/koffeeshop/koffeeshop/functions/serve"
 	"github.com/koffeeshop/koffeeshop/local/board"
 	"github.com/koffeeshop/koffeeshop/local/natsd"
 	"github.com/koffeeshop/koffeeshop/local/supervisor"
+	"github.com/koffeeshop/koffeeshop/local/traces"
 	"github.com/koffeeshop/koffeeshop/triggers"
 )
 
@@ -81,6 +83,8 @@ type Options struct {
 	// Replicas is the JetStream replication of the Brokers' streams (3 on
 	// a three-node cluster).
 	Replicas int
+	// Getenv reads the OpenTelemetry settings (OTEL_*); os.Getenv when nil.
+	Getenv func(string) string
 }
 
 // Runner is the assembled system.
@@ -102,6 +106,9 @@ type Runner struct {
 	tcoll   *triggers.Collector
 	ln      net.Listener
 	srv     *http.Server
+	tracing *tracing.Tracing
+	traces  *traces.Store // nil when tracing is off
+	history history
 }
 
 // New loads the manifests, starts (or connects to) NATS, creates the
@@ -129,6 +136,9 @@ func New(ctx context.Context, opts Options, log *slog.Logger) (_ *Runner, err er
 		return nil, err
 	}
 	r.store = broker.NewStore(r.js, log.With("component", "broker"), 0)
+	if err = r.setupTracing(ctx); err != nil {
+		return nil, err
+	}
 	var refs []broker.Ref
 	for _, b := range r.set.Brokers {
 		ref := broker.Ref{Namespace: b.Namespace, Name: b.Name}
@@ -155,11 +165,18 @@ func New(ctx context.Context, opts Options, log *slog.Logger) (_ *Runner, err er
 	mux.HandleFunc("GET /health/readiness", func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusOK) })
 	mux.Handle("GET /metrics", promhttp.HandlerFor(r.metrics, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /status", r.serveStatus)
-	var ingress http.Handler = broker.NewIngress(r.store, broker.NewBrokerSet(refs...), log.With("component", "ingress"), broker.IngressOptions{MaxBodyBytes: opts.MaxBodyBytes})
+	var ingress http.Handler = broker.NewIngress(r.store, broker.NewBrokerSet(refs...), log.With("component", "ingress"), broker.IngressOptions{MaxBodyBytes: opts.MaxBodyBytes, Tracer: r.tracing.Provider()})
 	if opts.IngressToken != "" {
 		ingress = broker.RequireBearer(opts.IngressToken, ingress)
 	}
 	mux.Handle("/", ingress)
+	if r.traces != nil {
+		var otlp http.Handler = r.traces.Receiver(r.tracing.Forward, log.With("component", "tracing"))
+		if opts.IngressToken != "" {
+			otlp = broker.RequireBearer(opts.IngressToken, otlp)
+		}
+		mux.Handle("POST "+OTLPPath, otlp)
+	}
 	r.srv = broker.NewServer(mux, broker.ServerOptions{})
 	return r, nil
 }
@@ -365,6 +382,7 @@ func (r *Runner) poolSpec(svc *servingv1.Service) (supervisor.Spec, error) {
 	if r.opts.IngressToken != "" {
 		env = append(env, serve.EnvSinkToken+"="+r.opts.IngressToken)
 	}
+	env = append(env, r.tracingEnv(svc.Name)...)
 	env = append(env, r.opts.Env[svc.Name]...)
 	spec := supervisor.Spec{
 		Namespace:   svc.Namespace,
@@ -426,6 +444,7 @@ func (r *Runner) buildDispatchers(ctx context.Context) error {
 			DeadLetter:  dls,
 			Concurrency: r.concurrency(t),
 			AckWait:     r.ackWait(t),
+			Tracer:      r.tracing.Provider(),
 		}, r.log.With("component", "dispatcher"))
 		if err != nil {
 			return err
@@ -546,6 +565,7 @@ func (r *Runner) Run(ctx context.Context) error {
 			}
 		})
 	}
+	go r.sampleScale(dispCtx)
 	if r.board != nil {
 		go r.board.Run(dispCtx)
 		b := r.set.Brokers[0]
@@ -573,6 +593,11 @@ func (r *Runner) Run(ctx context.Context) error {
 	dispWG.Wait()
 	stopPools()
 	poolsWG.Wait()
+	flushCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	if terr := r.tracing.Shutdown(flushCtx); terr != nil {
+		r.log.Warn("tracing shutdown", "err", terr)
+	}
+	cancel()
 	r.close()
 	r.log.Info("stopped")
 	return err

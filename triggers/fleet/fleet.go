@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/trace"
 	"k8s.io/apimachinery/pkg/api/equality"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/client-go/tools/cache"
@@ -43,6 +44,7 @@ type Fleet struct {
 	coll     *triggers.Collector
 	log      *slog.Logger
 	drain    time.Duration
+	tracer   trace.TracerProvider // nil: none
 
 	// ctx ends every loop; the Fleet lives as long as it.
 	ctx context.Context
@@ -348,7 +350,9 @@ const natsCallTimeout = 30 * time.Second
 
 func (f *Fleet) start(key string, s *spec) (*running, error) {
 	ctx, cancel := context.WithTimeout(f.ctx, natsCallTimeout)
-	d, err := triggers.New(ctx, f.js, f.pub, f.client, s.config(f.drain), f.log.With("component", "dispatcher"))
+	cfg := s.config(f.drain)
+	cfg.Tracer = f.tracer
+	d, err := triggers.New(ctx, f.js, f.pub, f.client, cfg, f.log.With("component", "dispatcher"))
 	cancel()
 	if err != nil {
 		return nil, fmt.Errorf("start dispatcher: %w", err)

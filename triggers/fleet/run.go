@@ -10,6 +10,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/trace"
 	"k8s.io/client-go/rest"
 	"knative.dev/eventing/pkg/client/clientset/versioned"
 	"knative.dev/eventing/pkg/client/informers/externalversions"
@@ -44,6 +45,8 @@ type Options struct {
 	ShutdownTimeout time.Duration
 	// Log receives the dispatcher's logs (slog.Default()).
 	Log *slog.Logger
+	// Tracer traces each delivery attempt (nil: none).
+	Tracer trace.TracerProvider
 }
 
 func (o Options) withDefaults() Options {
@@ -112,6 +115,7 @@ func serve(ctx context.Context, o Options, client versioned.Interface, nc *nats.
 	loopCtx, stopLoops := context.WithCancel(ctx)
 	defer stopLoops()
 	f := newFleet(loopCtx, triggerInformer.Lister(), brokerInformer.Lister(), js, store, triggers.NewHTTPClient(), coll, o.DrainTimeout, log)
+	f.tracer = o.Tracer
 	f.observe = observe
 	th, bh := f.handlers()
 	if _, err := triggerInformer.Informer().AddEventHandler(th); err != nil {

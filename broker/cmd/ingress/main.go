@@ -28,6 +28,7 @@ import (
 	"github.com/koffeeshop/koffeeshop/broker/clusteringress"
 	"github.com/koffeeshop/koffeeshop/broker/envflag"
 	"github.com/koffeeshop/koffeeshop/broker/ops"
+	"github.com/koffeeshop/koffeeshop/broker/tracing"
 )
 
 func main() {
@@ -91,6 +92,19 @@ func run(args []string, getenv func(string) string, stderr io.Writer) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	log.Info("Starting", "nats", c.opts.NATS.URL, "addr", c.opts.Addr, "probeAddr", c.opts.ProbeAddr, "token", c.opts.Token != "")
+	tr, err := tracing.Setup(ctx, tracing.Options{Service: "koffeeshop-broker-ingress"})
+	if err != nil {
+		return err
+	}
+	defer func() {
+		// The spans not yet exported go out before the process ends.
+		fctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := tr.Shutdown(fctx); err != nil {
+			log.Warn("tracing shutdown", "error", err)
+		}
+	}()
+	c.opts.Tracer = tr.Provider()
 	if err := clusteringress.Run(ctx, c.opts); err != nil {
 		log.Error("Stopped", "error", err)
 		return err

@@ -1,0 +1,48 @@
+package serve_test
+
+import (
+	"net/http"
+	"strings"
+	"testing"
+
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+
+	"github.com/koffeeshop/koffeeshop/functions/serve"
+)
+
+// TestHandlingContinuesTheTrace: the function's span is a child of the
+// delivery's traceparent header, and the reply event carries the
+// function's span as its traceparent extension, so the next hop continues
+// the same trace.
+func TestHandlingContinuesTheTrace(t *testing.T) {
+	rec := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
+	r := start(t, serve.Config{Instance: "inst-t", Name: "echo", Tracer: tp}, echo)
+
+	const parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+	req, _ := http.NewRequestWithContext(t.Context(), http.MethodPost, r.url+"/", strings.NewReader(`{"hello":"world"}`))
+	for k, v := range map[string]string{"Ce-Specversion": "1.0", "Ce-Id": "evt-t", "Ce-Source": "/test/client", "Ce-Type": "test.request", "Content-Type": "application/json", "Traceparent": parent} {
+		req.Header.Set(k, v)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	readBody(t, resp)
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	spans := rec.Ended()
+	if len(spans) != 1 {
+		t.Fatalf("%d spans, want 1", len(spans))
+	}
+	s := spans[0]
+	if s.Name() != "echo test.request" || s.Parent().SpanID().String() != "00f067aa0ba902b7" || s.SpanContext().TraceID().String() != "4bf92f3577b34da6a3ce929d0e0e4736" {
+		t.Fatalf("span %q with parent %s in trace %s, want a child of the request's context", s.Name(), s.Parent().SpanID(), s.SpanContext().TraceID())
+	}
+	want := "00-4bf92f3577b34da6a3ce929d0e0e4736-" + s.SpanContext().SpanID().String() + "-01"
+	if got := resp.Header.Get("Ce-Traceparent"); got != want {
+		t.Errorf("reply traceparent %q, want the function's span %q", got, want)
+	}
+}

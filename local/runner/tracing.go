@@ -1,0 +1,73 @@
+package runner
+
+import (
+	"context"
+	"net/url"
+	"os"
+	"strings"
+
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+
+	"github.com/koffeeshop/koffeeshop/broker/tracing"
+	"github.com/koffeeshop/koffeeshop/local/traces"
+)
+
+// OTLPPath is where the runner receives the functions' spans (OTLP/HTTP).
+// No Broker can be there: a namespace never starts with "_".
+const OTLPPath = "/_otlp/v1/traces"
+
+// setupTracing traces the runner's hops with the SDK the OTEL_* variables
+// configure, and keeps the recent traces in memory for the board, unless
+// OTEL_SDK_DISABLED=true.
+func (r *Runner) setupTracing(ctx context.Context) error {
+	getenv := r.getenv()
+	store := traces.New(0)
+	t, err := tracing.Setup(ctx, tracing.Options{Service: "koffeeshop", Processors: []sdktrace.SpanProcessor{store.Processor()}, Getenv: getenv})
+	if err != nil {
+		return err
+	}
+	r.tracing = t
+	if !disabled(getenv) {
+		r.traces = store
+	}
+	return nil
+}
+
+func (r *Runner) getenv() func(string) string {
+	if r.opts.Getenv != nil {
+		return r.opts.Getenv
+	}
+	return os.Getenv
+}
+
+func disabled(getenv func(string) string) bool {
+	return strings.EqualFold(strings.TrimSpace(getenv("OTEL_SDK_DISABLED")), "true")
+}
+
+// tracingEnv is the OpenTelemetry environment of a function instance: it
+// exports its spans to the runner, which keeps them for the board and
+// passes them on to the collector, if there is one; it samples as the
+// runner was told to.
+func (r *Runner) tracingEnv(service string) []string {
+	getenv := r.getenv()
+	var env []string
+	for _, k := range []string{"OTEL_SDK_DISABLED", "OTEL_TRACES_SAMPLER", "OTEL_TRACES_SAMPLER_ARG"} {
+		if v := getenv(k); v != "" {
+			env = append(env, k+"="+v)
+		}
+	}
+	if r.traces == nil {
+		return env
+	}
+	env = append(env,
+		"OTEL_SERVICE_NAME="+service,
+		"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT="+r.IngressURL()+OTLPPath,
+		"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL=http/protobuf",
+		// Spans reach the board a quarter second after they end.
+		"OTEL_BSP_SCHEDULE_DELAY=250",
+	)
+	if r.opts.IngressToken != "" {
+		env = append(env, "OTEL_EXPORTER_OTLP_TRACES_HEADERS=Authorization="+url.PathEscape("Bearer "+r.opts.IngressToken))
+	}
+	return env
+}
