@@ -141,15 +141,37 @@ func TestBoardInChromium(t *testing.T) {
 		t.Errorf("the failed order's reason is %q, want take-order's refusal", reason)
 	}
 
-	shot, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
-	if err != nil {
-		t.Fatal(err)
+	// ada's timeline: one trace across the three functions, the time
+	// queued in JetStream apart, and the cold starts of functions that
+	// were at zero.
+	if err := chromedp.Do(ctx, chromedp.Click(`tr[data-customer="ada"] button.show-trace`)); err != nil {
+		t.Fatalf("open ada's timeline: %v", err)
 	}
-	path := filepath.Join(t.ArtifactDir(), "board.png")
-	if err := os.WriteFile(path, shot, 0o644); err != nil {
-		t.Fatal(err)
+	const timeline = `(() => {
+		const rows = Array.from(document.querySelectorAll('#waterfall .span'));
+		const fns = rows.filter(r => r.dataset.kind === "function").map(r => r.dataset.service).sort();
+		const kinds = new Set(rows.map(r => r.dataset.kind));
+		const bars = rows.filter(r => parseFloat(r.querySelector('.bar').style.width) > 0).length;
+		return [fns.join(","), String(kinds.has("queued")), String(kinds.has("coldstart")), String(bars), document.getElementById("timeline-summary").textContent];
+	})()`
+	var tl []string
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		v, err := chromedp.Run(ctx, chromedp.Evaluate[[]string](timeline))
+		if err != nil {
+			t.Fatalf("read the timeline: %v", err)
+		}
+		tl = v
+		if tl[0] == "notify,prepare-beverage,take-order" && tl[1] == "true" && tl[2] == "true" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("ada's timeline shows functions %q, queued %s, cold start %s; want the three functions, a queued span and a cold start", tl[0], tl[1], tl[2])
+		}
 	}
-	t.Logf("screenshot: %s", path)
+	if !strings.Contains(tl[4], "queued in JetStream") || tl[3] == "0" {
+		t.Errorf("timeline summary %q with %s bars", tl[4], tl[3])
+	}
+	screenshot(t, ctx, "board.png")
 	if !sawBarista {
 		t.Error("the panel never showed a prepare-beverage instance while orders were brewing")
 	}
@@ -161,4 +183,43 @@ func TestBoardInChromium(t *testing.T) {
 			t.Fatal("the panel did not show prepare-beverage back at 0 instances")
 		}
 	}
+	// The chart shows prepare-beverage scaling out from zero and back to
+	// zero: its instances line starts at the bottom (0), rises and comes
+	// back down.
+	const chart = `(() => {
+		const l = document.querySelector('figure[data-service="prepare-beverage"] polyline.instances');
+		if (!l) return "";
+		const ys = (l.getAttribute("points") || "").trim().split(" ").filter(Boolean).map(p => parseFloat(p.split(",")[1]));
+		const zero = y => y >= 57.9;
+		const up = ys.findIndex(y => !zero(y));
+		return up > 0 && zero(ys[up - 1]) && ys.slice(up).some(zero) ? "out and back" : ys.length + " samples";
+	})()`
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		v, err := chromedp.Run(ctx, chromedp.Evaluate[string](chart))
+		if err != nil {
+			t.Fatalf("read the chart: %v", err)
+		}
+		if v == "out and back" {
+			break
+		}
+		if time.Now().After(deadline) {
+			pts, _ := chromedp.Run(ctx, chromedp.Evaluate[string](`document.querySelector('figure[data-service="prepare-beverage"] polyline.instances').getAttribute("points")`))
+			t.Fatalf("the scale chart of prepare-beverage shows %q (%s), want a scale-out from zero and back; history %+v", v, pts, s.History())
+		}
+	}
+	screenshot(t, ctx, "board-scaled-back.png")
+}
+
+// screenshot saves the page as name among the test's artifacts.
+func screenshot(t *testing.T, ctx context.Context, name string) {
+	t.Helper()
+	shot, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.ArtifactDir(), name)
+	if err := os.WriteFile(path, shot, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("screenshot: %s", path)
 }

@@ -59,16 +59,16 @@ func (h *history) all() []Sample {
 func (r *Runner) sampleScale(ctx context.Context) {
 	t := time.NewTicker(historyEvery)
 	defer t.Stop()
-	for {
+	for now := time.Now(); ; {
+		s := Sample{At: now, Functions: map[string]FunctionSample{}}
+		for _, f := range r.Status().Functions {
+			s.Functions[f.Service] = FunctionSample{Instances: f.Ready, InFlight: f.InFlight, Backlog: f.Backlog}
+		}
+		r.history.add(s)
 		select {
 		case <-ctx.Done():
 			return
-		case now := <-t.C:
-			s := Sample{At: now, Functions: map[string]FunctionSample{}}
-			for _, f := range r.Status().Functions {
-				s.Functions[f.Service] = FunctionSample{Instances: f.Ready, InFlight: f.InFlight, Backlog: f.Backlog}
-			}
-			r.history.add(s)
+		case now = <-t.C:
 		}
 	}
 }
