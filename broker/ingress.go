@@ -178,9 +178,11 @@ func (in *Ingress) accept(ctx context.Context, ref Ref, r *http.Request) (int, e
 	ctx, span := in.startSpan(ctx, r.Header, ref, ev)
 	defer span.End()
 	status, err := in.store(ctx, ref, ev)
-	span.SetAttributes(semconv.HTTPResponseStatusCode(status))
-	if err != nil {
-		span.SetStatus(codes.Error, err.Error())
+	if span.IsRecording() {
+		span.SetAttributes(semconv.HTTPResponseStatusCode(status))
+		if err != nil {
+			span.SetStatus(codes.Error, err.Error())
+		}
 	}
 	return status, err
 }
@@ -193,13 +195,16 @@ func (in *Ingress) startSpan(ctx context.Context, h http.Header, ref Ref, ev *cl
 	if !ok {
 		parent = tracing.FromHTTP(ctx, h)
 	}
-	return in.tracer.Start(parent, "ingress "+ref.String(), trace.WithSpanKind(trace.SpanKindServer),
-		trace.WithAttributes(
+	ctx, span := in.tracer.Start(parent, "ingress "+ref.String(), trace.WithSpanKind(trace.SpanKindServer))
+	if span.IsRecording() {
+		span.SetAttributes(
 			attribute.String("cloudevents.event_id", ev.ID()),
 			attribute.String("cloudevents.event_type", ev.Type()),
 			attribute.String("cloudevents.event_source", ev.Source()),
 			attribute.String("messaging.destination.name", ref.StreamName()),
-		))
+		)
+	}
+	return ctx, span
 }
 
 // store publishes an accepted event and says what to answer.

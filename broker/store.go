@@ -12,6 +12,7 @@ import (
 	"github.com/cloudevents/sdk-go/v2/types"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/trace"
 	kbroker "knative.dev/eventing/pkg/broker"
 
 	"github.com/koffeeshop/koffeeshop/broker/tracing"
@@ -108,7 +109,13 @@ func (s *Store) Publish(ctx context.Context, r Ref, e *cloudevents.Event) (Resul
 	if err := encodeStored(ctx, e, msg); err != nil {
 		return Result{}, err
 	}
-	tracing.ToCarrier(ctx, tracing.Headers(msg.Header))
+	if trace.SpanContextFromContext(ctx).IsSampled() && !tracing.SameAsEvent(ctx, e) {
+		// The delivery continues the hop that stored the event; when that
+		// is the event's own context, its extension says it already, and
+		// when the trace is not sampled, the extension's context decides
+		// the same: nothing is recorded.
+		tracing.ToCarrier(ctx, tracing.Headers(msg.Header))
+	}
 	paf, err := s.js.PublishMsgAsync(msg)
 	if err != nil {
 		return Result{}, fmt.Errorf("store event %s in %s: %w", e.ID(), r.StreamName(), err)

@@ -60,17 +60,25 @@ func (d *Dispatcher) traceParent(ctx context.Context, h nats.Header, meta *jetst
 // startSpan starts the span of one send of the event to the subscriber or
 // to the dead-letter sink.
 func (d *Dispatcher) startSpan(parent context.Context, name string, attempt int, h nats.Header) (context.Context, trace.Span) {
-	return d.tracer.Start(parent, name+" "+d.name, trace.WithSpanKind(trace.SpanKindClient),
-		trace.WithAttributes(
+	ctx, span := d.tracer.Start(parent, name+" "+d.name, trace.WithSpanKind(trace.SpanKindClient))
+	if span.IsRecording() {
+		// Only for a sampled span: the others would build them for nothing.
+		span.SetAttributes(
 			attrTrigger.String(d.name),
 			attrAttempt.Int(attempt),
 			attribute.String("cloudevents.event_id", broker.StoredAttribute(h, "id")),
 			attribute.String("cloudevents.event_type", broker.StoredAttribute(h, "type")),
-		))
+		)
+	}
+	return ctx, span
 }
 
 // endSpan records what became of a send.
 func endSpan(span trace.Span, outcome string, out outcome) {
+	if !span.IsRecording() {
+		span.End()
+		return
+	}
 	if out.code != 0 {
 		span.SetAttributes(semconv.HTTPResponseStatusCode(out.code))
 	}

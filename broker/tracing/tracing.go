@@ -44,8 +44,6 @@ type Options struct {
 	// Processors receive every span besides the exporter (the local
 	// runner keeps recent traces in memory with one).
 	Processors []sdktrace.SpanProcessor
-	// Getenv reads the OTEL_* variables; os.Getenv when nil.
-	Getenv func(string) string
 }
 
 // Tracing is a process's tracer provider and, when a collector is set,
@@ -58,17 +56,13 @@ type Tracing struct {
 
 // Setup builds the tracer provider the environment asks for.
 func Setup(ctx context.Context, o Options) (*Tracing, error) {
-	getenv := o.Getenv
-	if getenv == nil {
-		getenv = os.Getenv
-	}
-	if strings.EqualFold(strings.TrimSpace(getenv("OTEL_SDK_DISABLED")), "true") {
+	if Disabled() {
 		return &Tracing{provider: noop.NewTracerProvider()}, nil
 	}
 	t := &Tracing{}
 	var opts []sdktrace.TracerProviderOption
-	if Exporting(getenv) {
-		client, err := newClient(getenv)
+	if Exporting() {
+		client, err := newClient()
 		if err != nil {
 			return nil, err
 		}
@@ -99,17 +93,22 @@ func Setup(ctx context.Context, o Options) (*Tracing, error) {
 
 // Exporting reports whether the environment names an OTLP collector for
 // traces.
-func Exporting(getenv func(string) string) bool {
-	return getenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") != "" || getenv("OTEL_EXPORTER_OTLP_ENDPOINT") != ""
+func Exporting() bool {
+	return os.Getenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") != "" || os.Getenv("OTEL_EXPORTER_OTLP_ENDPOINT") != ""
+}
+
+// Disabled reports whether OTEL_SDK_DISABLED turns tracing off.
+func Disabled() bool {
+	return strings.EqualFold(strings.TrimSpace(os.Getenv("OTEL_SDK_DISABLED")), "true")
 }
 
 // newClient is the OTLP client for the collector, over the protocol
 // OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL names: http/protobuf (the default)
 // or grpc. Both read the rest of OTEL_EXPORTER_OTLP_* themselves.
-func newClient(getenv func(string) string) (otlptrace.Client, error) {
-	proto := getenv("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+func newClient() (otlptrace.Client, error) {
+	proto := os.Getenv("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
 	if proto == "" {
-		proto = getenv("OTEL_EXPORTER_OTLP_PROTOCOL")
+		proto = os.Getenv("OTEL_EXPORTER_OTLP_PROTOCOL")
 	}
 	switch proto {
 	case "", "http/protobuf":
@@ -183,13 +182,13 @@ func ToCarrier(ctx context.Context, c propagation.TextMapCarrier) {
 // FromEvent is ctx with the trace context of e's Distributed Tracing
 // extension; ok is false when e has none that parses.
 func FromEvent(ctx context.Context, e *event.Event) (context.Context, bool) {
-	dt, ok := extensions.GetDistributedTracingExtension(*e)
-	if !ok || dt.TraceParent == "" {
+	tp := extension(e, extensions.TraceParentExtension)
+	if tp == "" {
 		return ctx, false
 	}
-	c := propagation.MapCarrier{"traceparent": dt.TraceParent}
-	if dt.TraceState != "" {
-		c["tracestate"] = dt.TraceState
+	c := propagation.MapCarrier{"traceparent": tp}
+	if ts := extension(e, extensions.TraceStateExtension); ts != "" {
+		c["tracestate"] = ts
 	}
 	out := propagator.Extract(ctx, c)
 	return out, trace.SpanContextFromContext(out).IsValid()
@@ -198,23 +197,46 @@ func FromEvent(ctx context.Context, e *event.Event) (context.Context, bool) {
 // OnEvent gives e the Distributed Tracing extension of ctx's span, unless
 // e already has one: an event keeps the context it was created in.
 func OnEvent(ctx context.Context, e *event.Event) {
-	if _, ok := extensions.GetDistributedTracingExtension(*e); ok {
-		return
-	}
-	if !trace.SpanContextFromContext(ctx).IsValid() {
+	if extension(e, extensions.TraceParentExtension) != "" || !trace.SpanContextFromContext(ctx).IsValid() {
 		return
 	}
 	c := propagation.MapCarrier{}
 	propagator.Inject(ctx, c)
-	extensions.DistributedTracingExtension{TraceParent: c["traceparent"], TraceState: c["tracestate"]}.AddTracingAttributes(e)
+	e.SetExtension(extensions.TraceParentExtension, c["traceparent"])
+	if ts := c["tracestate"]; ts != "" {
+		e.SetExtension(extensions.TraceStateExtension, ts)
+	}
+}
+
+// SameAsEvent reports whether ctx's span is the one e's Distributed
+// Tracing extension names.
+func SameAsEvent(ctx context.Context, e *event.Event) bool {
+	sc := trace.SpanContextFromContext(ctx)
+	tp := extension(e, extensions.TraceParentExtension)
+	return sc.IsValid() && len(tp) == 55 && tp[3:35] == sc.TraceID().String() && tp[36:52] == sc.SpanID().String()
 }
 
 // TraceID is the trace id of e's Distributed Tracing extension, "" when it
 // has none.
 func TraceID(e *event.Event) string {
-	ctx, ok := FromEvent(context.Background(), e)
-	if !ok {
+	// version-traceid-parentid-flags, W3C trace context §3.2.
+	tp := extension(e, extensions.TraceParentExtension)
+	if len(tp) != 55 || tp[2] != '-' || tp[35] != '-' {
 		return ""
 	}
-	return trace.SpanContextFromContext(ctx).TraceID().String()
+	return tp[3:35]
+}
+
+// extension is e's extension name as a string, "" when absent. A 1.0
+// event's map is read as it is: Extensions() copies it, and GetExtension
+// builds an error for a missing one.
+func extension(e *event.Event, name string) string {
+	var v any
+	if ec, ok := e.Context.(*event.EventContextV1); ok {
+		v = ec.Extensions[name]
+	} else {
+		v, _ = e.Context.GetExtension(name)
+	}
+	s, _ := v.(string)
+	return s
 }

@@ -313,13 +313,16 @@ func (s *Server) startSpan(r *http.Request, event *cloudevents.Event) (context.C
 	if !trace.SpanContextFromContext(ctx).IsValid() {
 		ctx, _ = tracing.FromEvent(ctx, event)
 	}
-	return s.tracer.Start(ctx, s.name+" "+event.Type(), trace.WithSpanKind(trace.SpanKindServer),
-		trace.WithAttributes(
+	ctx, span := s.tracer.Start(ctx, s.name+" "+event.Type(), trace.WithSpanKind(trace.SpanKindServer))
+	if span.IsRecording() {
+		span.SetAttributes(
 			attribute.String("cloudevents.event_id", event.ID()),
 			attribute.String("cloudevents.event_type", event.Type()),
 			attribute.String("cloudevents.event_source", event.Source()),
 			attribute.String("koffeeshop.instance", s.instance),
-		))
+		)
+	}
+	return ctx, span
 }
 
 // encodingWriter percent-encodes the reply's attribute headers (binding

@@ -64,7 +64,7 @@ func run() int {
 	flag.StringVar(&o.out, "out", "bench/results.json", "write the results as JSON here (empty: do not write)")
 	flag.StringVar(&o.label, "label", "", "a label stored with the results, e.g. before or after")
 	flag.StringVar(&o.configDir, "config", "config", "directory of Knative manifests")
-	flag.StringVar(&only, "only", "", "comma-separated parts to run: ingress, dispatch, e2e, cold, idle (default all)")
+	flag.StringVar(&only, "only", "", "comma-separated parts to run: ingress, dispatch, e2e, tracing, cold, idle (default all)")
 	flag.StringVar(&o.profileDir, "cpuprofile-dir", "", "write a CPU profile of each part's koffeeshop runs into this directory")
 	flag.BoolVar(&o.verbose, "v", false, "log progress")
 	flag.BoolVar(&o.debug, "debug", false, "also show koffeeshop's warnings and the functions' output")
@@ -127,7 +127,7 @@ func run() int {
 	return 0
 }
 
-var parts = []string{"ingress", "dispatch", "e2e", "cold", "idle"}
+var parts = []string{"ingress", "dispatch", "e2e", "tracing", "cold", "idle"}
 
 type bench struct {
 	opts     options
@@ -158,6 +158,7 @@ func (b *bench) run(ctx context.Context) error {
 		{"ingress", b.ingress},
 		{"dispatch", b.dispatch},
 		{"e2e", b.endToEnd},
+		{"tracing", b.tracingCost},
 		{"cold", b.coldStart},
 		{"idle", b.idleMemory},
 	}

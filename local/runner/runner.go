@@ -83,8 +83,6 @@ type Options struct {
 	// Replicas is the JetStream replication of the Brokers' streams (3 on
 	// a three-node cluster).
 	Replicas int
-	// Getenv reads the OpenTelemetry settings (OTEL_*); os.Getenv when nil.
-	Getenv func(string) string
 }
 
 // Runner is the assembled system.

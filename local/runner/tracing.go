@@ -3,8 +3,6 @@ package runner
 import (
 	"context"
 	"net/url"
-	"os"
-	"strings"
 
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 
@@ -20,52 +18,33 @@ const OTLPPath = "/_otlp/v1/traces"
 // configure, and keeps the recent traces in memory for the board, unless
 // OTEL_SDK_DISABLED=true.
 func (r *Runner) setupTracing(ctx context.Context) error {
-	getenv := r.getenv()
 	store := traces.New(0)
-	t, err := tracing.Setup(ctx, tracing.Options{Service: "koffeeshop", Processors: []sdktrace.SpanProcessor{store.Processor()}, Getenv: getenv})
+	t, err := tracing.Setup(ctx, tracing.Options{Service: "koffeeshop", Processors: []sdktrace.SpanProcessor{store.Processor()}})
 	if err != nil {
 		return err
 	}
 	r.tracing = t
-	if !disabled(getenv) {
+	if !tracing.Disabled() {
 		r.traces = store
 	}
 	return nil
 }
 
-func (r *Runner) getenv() func(string) string {
-	if r.opts.Getenv != nil {
-		return r.opts.Getenv
-	}
-	return os.Getenv
-}
-
-func disabled(getenv func(string) string) bool {
-	return strings.EqualFold(strings.TrimSpace(getenv("OTEL_SDK_DISABLED")), "true")
-}
-
-// tracingEnv is the OpenTelemetry environment of a function instance: it
+// tracingEnv is the OpenTelemetry environment of a function instance,
+// besides the runner's own, which it inherits (the sampler, say): it
 // exports its spans to the runner, which keeps them for the board and
-// passes them on to the collector, if there is one; it samples as the
-// runner was told to.
+// passes them on to the collector, if there is one.
 func (r *Runner) tracingEnv(service string) []string {
-	getenv := r.getenv()
-	var env []string
-	for _, k := range []string{"OTEL_SDK_DISABLED", "OTEL_TRACES_SAMPLER", "OTEL_TRACES_SAMPLER_ARG"} {
-		if v := getenv(k); v != "" {
-			env = append(env, k+"="+v)
-		}
-	}
 	if r.traces == nil {
-		return env
+		return nil
 	}
-	env = append(env,
-		"OTEL_SERVICE_NAME="+service,
-		"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT="+r.IngressURL()+OTLPPath,
+	env := []string{
+		"OTEL_SERVICE_NAME=" + service,
+		"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=" + r.IngressURL() + OTLPPath,
 		"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL=http/protobuf",
 		// Spans reach the board a quarter second after they end.
 		"OTEL_BSP_SCHEDULE_DELAY=250",
-	)
+	}
 	if r.opts.IngressToken != "" {
 		env = append(env, "OTEL_EXPORTER_OTLP_TRACES_HEADERS=Authorization="+url.PathEscape("Bearer "+r.opts.IngressToken))
 	}

@@ -1,0 +1,221 @@
+package runner_test
+
+import (
+	"bytes"
+	"compress/gzip"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	coltracepb "go.opentelemetry.io/proto/otlp/collector/trace/v1"
+	"google.golang.org/protobuf/proto"
+)
+
+// otlpSpan is a span as the test's collector received it.
+type otlpSpan struct {
+	service, name, trace, id, parent string
+	attrs                            map[string]string
+}
+
+// otlpCollector is an OTLP/HTTP trace endpoint: it decodes every export
+// with OpenTelemetry's protocol types and keeps the spans.
+type otlpCollector struct {
+	mu    sync.Mutex
+	spans []otlpSpan
+}
+
+func (c *otlpCollector) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	var body io.Reader = r.Body
+	if r.Header.Get("Content-Encoding") == "gzip" {
+		zr, err := gzip.NewReader(r.Body)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		body = zr
+	}
+	b, err := io.ReadAll(body)
+	var req coltracepb.ExportTraceServiceRequest
+	if err == nil {
+		err = proto.Unmarshal(b, &req)
+	}
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	c.mu.Lock()
+	for _, rs := range req.GetResourceSpans() {
+		service := ""
+		for _, kv := range rs.GetResource().GetAttributes() {
+			if kv.GetKey() == "service.name" {
+				service = kv.GetValue().GetStringValue()
+			}
+		}
+		for _, ss := range rs.GetScopeSpans() {
+			for _, sp := range ss.GetSpans() {
+				attrs := map[string]string{}
+				for _, kv := range sp.GetAttributes() {
+					attrs[kv.GetKey()] = kv.GetValue().GetStringValue()
+				}
+				c.spans = append(c.spans, otlpSpan{service: service, name: sp.GetName(), trace: hex.EncodeToString(sp.GetTraceId()),
+					id: hex.EncodeToString(sp.GetSpanId()), parent: hex.EncodeToString(sp.GetParentSpanId()), attrs: attrs})
+			}
+		}
+	}
+	c.mu.Unlock()
+	out, _ := proto.Marshal(&coltracepb.ExportTraceServiceResponse{})
+	w.Header().Set("Content-Type", "application/x-protobuf")
+	_, _ = w.Write(out)
+}
+
+func (c *otlpCollector) all() []otlpSpan {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return slices.Clone(c.spans)
+}
+
+// TestOrdersAreOneTraceInTheCollector runs the runner as its own process
+// with OTEL_EXPORTER_OTLP_ENDPOINT at a collector the test serves, places
+// orders, and reads what arrives over OTLP/HTTP: each order is one trace,
+// from the runner's ingress through take-order, prepare-beverage and
+// notify (whose processes export to the runner, which passes their spans
+// on), every span's parent in the same trace.
+func TestOrdersAreOneTraceInTheCollector(t *testing.T) {
+	bin := filepath.Join(t.TempDir(), "koffeeshop")
+	if out, err := exec.Command("go", "build", "-o", bin, "github.com/koffeeshop/koffeeshop/local").CombinedOutput(); err != nil {
+		t.Fatalf("go build the runner: %v\n%s", err, out)
+	}
+	coll := &otlpCollector{}
+	srv := httptest.NewServer(coll)
+	t.Cleanup(srv.Close)
+
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	cmd := exec.Command(bin, "-config", configDir(), "-bin-dir", binDir, "-addr", addr, "-data-dir", t.TempDir())
+	cmd.Env = append(os.Environ(), "OTEL_EXPORTER_OTLP_ENDPOINT="+srv.URL, "OTEL_BSP_SCHEDULE_DELAY=100",
+		"OTEL_SDK_DISABLED=", "OTEL_TRACES_SAMPLER=", "OTEL_TRACES_SAMPLER_ARG=")
+	var logs bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &logs, &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	stop := func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-exited:
+		case <-time.After(30 * time.Second):
+			_ = cmd.Process.Kill()
+			<-exited
+			t.Error("the runner did not stop within 30 s")
+		}
+	}
+	defer func() {
+		if t.Failed() {
+			t.Logf("runner output:\n%s", logs.String())
+		}
+	}()
+
+	base := "http://" + addr
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		if resp, err := http.Get(base + "/health/readiness"); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			stop()
+			t.Fatal("the runner did not become ready")
+		}
+	}
+	orders := []string{"otlp-1", "otlp-2", "otlp-3"}
+	for i, id := range orders {
+		if resp := postBinary(t, base+"/default/default", id, "/otlp-test", "com.koffeeshop.order.placed", fmt.Sprintf(`{"customer":"c%d","beverage":"latte"}`, i)); resp.StatusCode != http.StatusAccepted {
+			stop()
+			t.Fatalf("order %s: %d", id, resp.StatusCode)
+		}
+	}
+	// The brew takes a second: wait until the board has all three
+	// notified, then stop the runner, which flushes its spans, and its
+	// functions theirs.
+	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		var st struct{ Orders map[string]int }
+		if resp, err := http.Get(base + "/status"); err == nil {
+			_ = json.NewDecoder(resp.Body).Decode(&st)
+			resp.Body.Close()
+		}
+		if st.Orders["notified"] == len(orders) {
+			break
+		}
+		if time.Now().After(deadline) {
+			stop()
+			t.Fatalf("board stages %v, want %d notified", st.Orders, len(orders))
+		}
+	}
+	// Spans of the last hop reach the runner a moment after it ends.
+	time.Sleep(time.Second)
+	stop()
+
+	spans := coll.all()
+	byTrace := map[string][]otlpSpan{}
+	for _, s := range spans {
+		byTrace[s.trace] = append(byTrace[s.trace], s)
+	}
+	for _, id := range orders {
+		var trace string
+		for _, s := range spans {
+			if s.service == "koffeeshop" && strings.HasPrefix(s.name, "ingress ") && s.attrs["cloudevents.event_id"] == id {
+				trace = s.trace
+			}
+		}
+		if trace == "" {
+			t.Fatalf("order %s: no ingress span among %d spans", id, len(spans))
+		}
+		in := byTrace[trace]
+		ids := map[string]bool{}
+		services := map[string]bool{}
+		for _, s := range in {
+			ids[s.id] = true
+			services[s.service] = true
+		}
+		for _, want := range []string{"koffeeshop", "take-order", "prepare-beverage", "notify"} {
+			if !services[want] {
+				t.Errorf("order %s: trace %s has no span of %s (services %v)", id, trace, want, services)
+			}
+		}
+		roots := 0
+		for _, s := range in {
+			switch {
+			case s.parent == "":
+				roots++
+			case !ids[s.parent]:
+				t.Errorf("order %s: span %q of %s has parent %s, not in the trace", id, s.name, s.service, s.parent)
+			}
+		}
+		if roots != 1 {
+			t.Errorf("order %s: %d root spans, want 1 (the ingress)", id, roots)
+		}
+	}
+	if len(byTrace) < len(orders) {
+		t.Errorf("%d traces for %d orders", len(byTrace), len(orders))
+	}
+}
