@@ -79,10 +79,15 @@ func Menu() []string {
 	return []string{"espresso", "americano", "latte", "cappuccino", "flat-white", "mocha", "tea"}
 }
 
+// MaxCustomerLen is the longest customer name an order may carry, in
+// characters.
+const MaxCustomerLen = 64
+
 // LookupBeverage finds a beverage on the menu, ignoring case and surrounding
-// whitespace, and returns its canonical name.
+// whitespace, with a space or an underscore for a hyphen ("Flat White"), and
+// returns its canonical name.
 func LookupBeverage(name string) (string, bool) {
-	name = strings.ToLower(strings.TrimSpace(name))
+	name = strings.NewReplacer(" ", "-", "_", "-").Replace(strings.ToLower(strings.TrimSpace(name)))
 	if name == "" || !slices.Contains(Menu(), name) {
 		return "", false
 	}

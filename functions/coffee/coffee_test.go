@@ -31,6 +31,9 @@ func TestLookupBeverage(t *testing.T) {
 	}{
 		{"latte", "latte", true},
 		{"  Flat-White ", "flat-white", true},
+		{"flat white", "flat-white", true},
+		{"Flat_White", "flat-white", true},
+		{"flatwhite", "", false},
 		{"TEA", "tea", true},
 		{"xyz", "", false},
 		{"", "", false},

@@ -93,3 +93,19 @@ func TestNewRejectsBadRoutes(t *testing.T) {
 		})
 	}
 }
+
+// TestDescribeAnswersGET: a Describe route answers GET / with its value as
+// JSON, while POST / still takes events; Describe twice is refused.
+func TestDescribeAnswersGET(t *testing.T) {
+	r := start(t, serve.Config{Instance: "inst-d"}, echo, serve.Describe(map[string][]string{"menu": {"latte"}}))
+	code, body := get(t, r.url+"/")
+	if code != http.StatusOK || strings.TrimSpace(body) != "{\n  \"menu\": [\n    \"latte\"\n  ]\n}" {
+		t.Fatalf("GET / = %d %q", code, body)
+	}
+	if resp := postBinary(t, r.url+"/", "evt-d", "test.request", `{}`); resp.StatusCode != http.StatusOK {
+		t.Fatalf("POST / = %d", resp.StatusCode)
+	}
+	if _, err := serve.New(serve.Config{}, echo, serve.Describe(1), serve.Describe(2)); err == nil {
+		t.Fatal("Describe twice was taken")
+	}
+}

@@ -6,6 +6,7 @@ package serve
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -54,7 +55,14 @@ const (
 type Route struct {
 	Path    string
 	Handler Handler
+	// describe, set by Describe, is what GET answers on Path.
+	describe any
 }
+
+// Describe is a route that answers GET / with v as JSON: what a function
+// tells a person who asks it (take-order its menu), besides the events it
+// takes on POST /.
+func Describe(v any) Route { return Route{Path: "/", describe: v} }
 
 // Paths of the health endpoints.
 const (
@@ -134,6 +142,17 @@ func New(cfg Config, h Handler, routes ...Route) (*Server, error) {
 	s.mux = http.NewServeMux()
 	s.mux.HandleFunc("POST /", s.receiver(h))
 	for _, rt := range routes {
+		if rt.describe != nil {
+			body, err := json.MarshalIndent(rt.describe, "", "  ")
+			if err != nil {
+				return nil, fmt.Errorf("serve: describe: %w", err)
+			}
+			s.mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, _ *http.Request) {
+				w.Header().Set("Content-Type", "application/json")
+				_, _ = w.Write(append(body, '\n'))
+			})
+			continue
+		}
 		s.mux.HandleFunc("POST "+rt.Path, s.receiver(rt.Handler))
 	}
 	s.mux.HandleFunc("GET "+ReadinessPath, s.readiness)
@@ -146,6 +165,13 @@ func New(cfg Config, h Handler, routes ...Route) (*Server, error) {
 func checkRoutes(routes []Route) error {
 	seen := map[string]bool{}
 	for _, rt := range routes {
+		if rt.describe != nil {
+			if seen["GET /"] {
+				return errors.New("serve: Describe given twice")
+			}
+			seen["GET /"] = true
+			continue
+		}
 		switch {
 		case rt.Handler == nil:
 			return fmt.Errorf("serve: route %q: nil handler", rt.Path)

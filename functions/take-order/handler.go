@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"unicode/utf8"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 
@@ -64,6 +65,9 @@ func handle(ctx context.Context, e cloudevents.Event) (*cloudevents.Event, error
 func check(customer, beverage string) string {
 	if customer == "" {
 		return "customer is required"
+	}
+	if n := utf8.RuneCountInString(customer); n > coffee.MaxCustomerLen {
+		return fmt.Sprintf("customer name is %d characters long: at most %d", n, coffee.MaxCustomerLen)
 	}
 	if strings.TrimSpace(beverage) == "" {
 		return "beverage is required"

@@ -95,7 +95,8 @@ func TestRejectsOrder(t *testing.T) {
 		{"missing customer", `{"beverage":"latte"}`, "customer is required"},
 		{"blank customer", `{"customer":"  \t","beverage":"latte"}`, "customer is required"},
 		{"unknown beverage", `{"customer":"ada","beverage":"xyz"}`, `unknown beverage "xyz": the menu is espresso, americano, latte, cappuccino, flat-white, mocha, tea`},
-		{"near miss", `{"customer":"ada","beverage":"flat white"}`, `unknown beverage "flat white": the menu is espresso, americano, latte, cappuccino, flat-white, mocha, tea`},
+		{"near miss", `{"customer":"ada","beverage":"flatwhite"}`, `unknown beverage "flatwhite": the menu is espresso, americano, latte, cappuccino, flat-white, mocha, tea`},
+		{"customer name too long", `{"customer":"` + strings.Repeat("é", 65) + `","beverage":"latte"}`, "customer name is 65 characters long: at most 64"},
 		{"missing beverage", `{"customer":"ada"}`, "beverage is required"},
 		{"blank customer and beverage", `{"customer":"","beverage":"xyz"}`, "customer is required"},
 	} {

@@ -43,6 +43,7 @@ const (
 	// TracePath + a trace id is the order's timeline.
 	TracePath   = "/_board/traces/"
 	HistoryPath = "/_board/history"
+	MenuPath    = "/_board/menu"
 	AssetsPath  = "/_board/assets/"
 )
 
@@ -131,12 +132,15 @@ func New(d Deps) *Board {
 	b.mux.HandleFunc("POST "+KillPath, b.kill)
 	b.mux.HandleFunc("GET "+TracePath+"{id}", b.trace)
 	b.mux.HandleFunc("GET "+HistoryPath, b.history)
+	b.mux.HandleFunc("GET "+MenuPath, func(w http.ResponseWriter, _ *http.Request) {
+		writeJSON(w, map[string]any{"menu": coffee.Menu(), "maxCustomerLength": coffee.MaxCustomerLen})
+	})
 	return b
 }
 
 // Routes lists the patterns to mount the Board under.
 func Routes() []string {
-	return []string{"GET " + PagePath + "{$}", "GET " + AssetsPath, "GET " + EventsPath, "POST " + OrdersPath, "POST " + KillPath, "GET " + TracePath + "{id}", "GET " + HistoryPath}
+	return []string{"GET " + PagePath + "{$}", "GET " + AssetsPath, "GET " + EventsPath, "POST " + OrdersPath, "POST " + KillPath, "GET " + TracePath + "{id}", "GET " + HistoryPath, "GET " + MenuPath}
 }
 
 func (b *Board) ServeHTTP(w http.ResponseWriter, r *http.Request) { b.mux.ServeHTTP(w, r) }

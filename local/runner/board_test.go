@@ -80,6 +80,8 @@ func TestBoardInChromium(t *testing.T) {
 	if err := chromedp.Do(ctx,
 		chromedp.Navigate(s.BoardURL()),
 		chromedp.WaitVisible(`[data-service="prepare-beverage"]`),
+		// The form's beverages come from the shop's menu.
+		chromedp.WaitReady(`#beverage option[value="flat-white"]`),
 	); err != nil {
 		t.Fatalf("open the board at %s: %v", s.BoardURL(), err)
 	}

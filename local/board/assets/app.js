@@ -26,6 +26,18 @@
     return resp;
   }
 
+  // The form offers the shop's menu, as take-order reads it.
+  fetch("/_board/menu").then(function (r) { return r.json(); }).then(function (m) {
+    const sel = document.getElementById("beverage");
+    m.menu.forEach(function (b) {
+      const o = el("option", "", b);
+      o.value = b;
+      if (b === "latte") o.selected = true;
+      sel.append(o);
+    });
+    document.getElementById("customer").maxLength = m.maxCustomerLength;
+  });
+
   document.querySelectorAll("#order-form button").forEach(function (b) {
     b.addEventListener("click", function () { via = b.value; });
   });
