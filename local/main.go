@@ -1,7 +1,8 @@
-// Command local runs the whole coffee shop on one machine: an embedded NATS
-// JetStream (or an external NATS), the Broker ingress, the Trigger
-// dispatchers and every function as its own process, all read from the
-// Knative manifests in config/.
+// Command local (installed as koffeeshop) runs the whole coffee shop on one
+// machine: an embedded NATS JetStream (or an external NATS), the Broker
+// ingress, the Trigger dispatchers and every function as its own process,
+// all read from the Knative manifests in config/. Its other commands (send,
+// order, events, status) work with a running shop; see koffeeshop help.
 package main
 
 import (
@@ -14,14 +15,29 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/koffeeshop/koffeeshop/local/cli"
 	"github.com/koffeeshop/koffeeshop/local/runner"
 )
 
 func main() {
+	if len(os.Args) > 1 && cli.IsCommand(os.Args[1]) {
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		code := cli.Main(ctx, os.Args[1:], os.Stdout, os.Stderr)
+		stop()
+		os.Exit(code)
+	}
+	if len(os.Args) > 1 && os.Args[1] == "run" {
+		os.Args = append(os.Args[:1], os.Args[2:]...)
+	}
 	os.Exit(run())
 }
 
 func run() int {
+	flag.Usage = func() {
+		cli.Help(flag.CommandLine.Output())
+		fmt.Fprintln(flag.CommandLine.Output(), "\nkoffeeshop run flags:")
+		flag.PrintDefaults()
+	}
 	var (
 		configDir = flag.String("config", "config", "directory of Knative manifests")
 		binDir    = flag.String("bin-dir", "bin", "directory of the function executables")
@@ -42,6 +58,11 @@ func run() int {
 		verbose   = flag.Bool("v", false, "debug logging")
 	)
 	flag.Parse()
+	if flag.NArg() > 0 {
+		fmt.Fprintf(os.Stderr, "koffeeshop: unknown command %q\n\n", flag.Arg(0))
+		cli.Help(os.Stderr)
+		return cli.Usage
+	}
 
 	level := slog.LevelInfo
 	if *verbose {
@@ -90,7 +111,7 @@ func run() int {
 	if *token != "" {
 		auth = ` -H "Authorization: Bearer $KOFFEESHOP_INGRESS_TOKEN"`
 	}
-	fmt.Fprintf(os.Stderr, "\nPlace an order:\n\n  curl -i -X POST %s/%s%s \\\n    -H 'ce-specversion: 1.0' -H 'ce-type: com.koffeeshop.order.placed' \\\n    -H 'ce-source: /curl' -H \"ce-id: $(date +%%s%%N)\" -H 'content-type: application/json' \\\n    -d '{\"customer\":\"ada\",\"beverage\":\"latte\"}'\n\nCtrl-C stops everything.\n\n", r.IngressURL(), r.Brokers()[0], auth)
+	fmt.Fprintf(os.Stderr, "\nPlace an order and follow it:\n\n  ./bin/koffeeshop order --addr %s --customer ada --beverage latte --wait\n\nor with curl:\n\n  curl -i -X POST %s/%s%s \\\n    -H 'ce-specversion: 1.0' -H 'ce-type: com.koffeeshop.order.placed' \\\n    -H 'ce-source: /curl' -H \"ce-id: $(date +%%s%%N)\" -H 'content-type: application/json' \\\n    -d '{\"customer\":\"ada\",\"beverage\":\"latte\"}'\n\nWatch the events: ./bin/koffeeshop events --addr %s; the shop's state: ./bin/koffeeshop status --addr %s\nCtrl-C stops everything.\n\n", r.IngressURL(), r.IngressURL(), r.Brokers()[0], auth, r.IngressURL(), r.IngressURL())
 	if err := r.Run(ctx); err != nil {
 		log.Error("stopped with an error", "err", err)
 		return 1

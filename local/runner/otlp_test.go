@@ -94,63 +94,15 @@ func (c *otlpCollector) all() []otlpSpan {
 // notify (whose processes export to the runner, which passes their spans
 // on), every span's parent in the same trace.
 func TestOrdersAreOneTraceInTheCollector(t *testing.T) {
-	bin := filepath.Join(t.TempDir(), "koffeeshop")
-	if out, err := exec.Command("go", "build", "-o", bin, "github.com/koffeeshop/koffeeshop/local").CombinedOutput(); err != nil {
-		t.Fatalf("go build the runner: %v\n%s", err, out)
-	}
 	coll := &otlpCollector{}
 	srv := httptest.NewServer(coll)
 	t.Cleanup(srv.Close)
-
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	cmd := exec.Command(bin, "-config", configDir(), "-bin-dir", binDir, "-addr", addr, "-data-dir", t.TempDir())
-	cmd.Env = append(os.Environ(), "OTEL_EXPORTER_OTLP_ENDPOINT="+srv.URL, "OTEL_BSP_SCHEDULE_DELAY=100",
+	p := startRunnerBinary(t, "OTEL_EXPORTER_OTLP_ENDPOINT="+srv.URL, "OTEL_BSP_SCHEDULE_DELAY=100",
 		"OTEL_SDK_DISABLED=", "OTEL_TRACES_SAMPLER=", "OTEL_TRACES_SAMPLER_ARG=")
-	var logs bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &logs, &logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	stop := func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(30 * time.Second):
-			_ = cmd.Process.Kill()
-			<-exited
-			t.Error("the runner did not stop within 30 s")
-		}
-	}
-	defer func() {
-		if t.Failed() {
-			t.Logf("runner output:\n%s", logs.String())
-		}
-	}()
-
-	base := "http://" + addr
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		if resp, err := http.Get(base + "/health/readiness"); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				break
-			}
-		}
-		if time.Now().After(deadline) {
-			stop()
-			t.Fatal("the runner did not become ready")
-		}
-	}
+	base, stop := p.url, p.stop
 	orders := []string{"otlp-1", "otlp-2", "otlp-3"}
 	for i, id := range orders {
 		if resp := postBinary(t, base+"/default/default", id, "/otlp-test", "com.koffeeshop.order.placed", fmt.Sprintf(`{"customer":"c%d","beverage":"latte"}`, i)); resp.StatusCode != http.StatusAccepted {
-			stop()
 			t.Fatalf("order %s: %d", id, resp.StatusCode)
 		}
 	}
@@ -167,7 +119,6 @@ func TestOrdersAreOneTraceInTheCollector(t *testing.T) {
 			break
 		}
 		if time.Now().After(deadline) {
-			stop()
 			t.Fatalf("board stages %v, want %d notified", st.Orders, len(orders))
 		}
 	}
@@ -218,4 +169,101 @@ func TestOrdersAreOneTraceInTheCollector(t *testing.T) {
 	if len(byTrace) < len(orders) {
 		t.Errorf("%d traces for %d orders", len(byTrace), len(orders))
 	}
+}
+
+var (
+	runnerBinOnce sync.Once
+	runnerBin     string
+	runnerBinErr  error
+)
+
+// runnerBinary builds the koffeeshop command once for the package's tests.
+func runnerBinary(t *testing.T) string {
+	t.Helper()
+	runnerBinOnce.Do(func() {
+		runnerBin = filepath.Join(binDir, "koffeeshop")
+		if out, err := exec.Command("go", "build", "-o", runnerBin, "github.com/koffeeshop/koffeeshop/local").CombinedOutput(); err != nil {
+			runnerBinErr = fmt.Errorf("go build the runner: %v\n%s", err, out)
+		}
+	})
+	if runnerBinErr != nil {
+		t.Fatal(runnerBinErr)
+	}
+	return runnerBin
+}
+
+// runnerBinaryProc is the koffeeshop command running a shop, as make run
+// runs it.
+type runnerBinaryProc struct {
+	url  string
+	stop func()
+}
+
+// startRunnerBinary runs the shop of config/ as its own process, with env
+// added to this process's environment, until the test ends or stop is
+// called; it returns once the shop is ready.
+func startRunnerBinary(t *testing.T, env ...string) *runnerBinaryProc {
+	t.Helper()
+	bin := runnerBinary(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	cmd := exec.Command(bin, "-config", configDir(), "-bin-dir", binDir, "-addr", addr, "-data-dir", t.TempDir())
+	cmd.Env = append(os.Environ(), env...)
+	logs := &syncBuffer{}
+	cmd.Stdout, cmd.Stderr = logs, logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	stop := sync.OnceFunc(func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-exited:
+		case <-time.After(30 * time.Second):
+			_ = cmd.Process.Kill()
+			<-exited
+			t.Error("the runner did not stop within 30 s")
+		}
+	})
+	t.Cleanup(func() {
+		stop()
+		if t.Failed() {
+			t.Logf("runner output:\n%s", logs.String())
+		}
+	})
+	p := &runnerBinaryProc{url: "http://" + addr, stop: stop}
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		if resp, err := http.Get(p.url + "/health/readiness"); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return p
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the runner did not become ready")
+		}
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for a process's output and a reader.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

@@ -1,22 +1,36 @@
 package runner
 
 import (
+	"context"
 	"encoding/json"
 	"net/http"
 	"sort"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/koffeeshop/koffeeshop/broker"
 	"github.com/koffeeshop/koffeeshop/local/supervisor"
 )
 
 // Status is what GET /status answers.
 type Status struct {
+	// NATS is the server the shop stores its events in.
+	NATS      string              `json:"nats"`
+	Brokers   []BrokerStatus      `json:"brokers"`
 	Functions []supervisor.Status `json:"functions"`
 	Triggers  []TriggerStatus     `json:"triggers"`
 	// Orders counts the board's orders by stage (failed: dead-lettered
 	// and told to the customer); absent without a board.
 	Orders map[string]int `json:"orders,omitempty"`
+}
+
+// BrokerStatus is a Broker and what its stream holds.
+type BrokerStatus struct {
+	Name   string `json:"name"`
+	Stream string `json:"stream"`
+	Events uint64 `json:"events"`
+	Bytes  uint64 `json:"bytes"`
 }
 
 // TriggerStatus counts what a Trigger's dispatcher did.
@@ -32,6 +46,9 @@ type TriggerStatus struct {
 	// is logged with the event's id and source.
 	Dropped  map[string]int64 `json:"dropped"`
 	InFlight int64            `json:"inFlight"`
+	// Backlog is what waits in JetStream for the Trigger: pending and
+	// unacknowledged events.
+	Backlog int `json:"backlog"`
 }
 
 // Status returns a snapshot of every function and Trigger.
@@ -48,17 +65,36 @@ func (r *Runner) Status() Status {
 			DeadLettered: st.DeadLettered.Load(), Terminated: st.Terminated.Load(), Dropped: st.Drops(), InFlight: st.InFlight.Load(),
 		})
 	}
+	s.NATS = r.NATSURL()
 	if r.board != nil {
 		s.Orders = r.board.Counts()
 	}
 	return s
 }
 
-func (r *Runner) serveStatus(w http.ResponseWriter, _ *http.Request) {
+// serveStatus answers GET /status: Status with what asks NATS, the
+// Brokers' streams and the Triggers' backlogs.
+func (r *Runner) serveStatus(w http.ResponseWriter, req *http.Request) {
+	s := r.Status()
+	ctx, cancel := context.WithTimeout(req.Context(), 5*time.Second)
+	defer cancel()
+	for _, b := range r.set.Brokers {
+		ref := broker.Ref{Namespace: b.Namespace, Name: b.Name}
+		bs := BrokerStatus{Name: ref.String(), Stream: ref.StreamName()}
+		if st, err := r.js.Stream(ctx, ref.StreamName()); err == nil {
+			bs.Events, bs.Bytes = st.CachedInfo().State.Msgs, st.CachedInfo().State.Bytes
+		}
+		s.Brokers = append(s.Brokers, bs)
+	}
+	for i, d := range r.disps {
+		if info, err := d.Consumer().Info(ctx); err == nil {
+			s.Triggers[i].Backlog = int(info.NumPending) + info.NumAckPending
+		}
+	}
 	w.Header().Set("Content-Type", "application/json")
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
-	_ = enc.Encode(r.Status())
+	_ = enc.Encode(s)
 }
 
 // poolCollector exports the functions' scale to Prometheus at scrape time.
