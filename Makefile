@@ -23,7 +23,7 @@ build:
 
 ## run: the whole coffee shop on this machine, with an embedded NATS JetStream
 run: build
-	./$(BIN)/koffeeshop -config config -bin-dir $(BIN) -addr $(ADDR) -data-dir $(DATA)
+	$(abspath $(BIN))/koffeeshop -config config -bin-dir $(BIN) -addr $(ADDR) -data-dir $(DATA)
 
 ## test: formatting, every test with the race detector and all vet checks
 ## (the cluster tests on a real kube-apiserver and etcd among them), then

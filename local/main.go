@@ -15,6 +15,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/koffeeshop/koffeeshop/broker/tracing"
 	"github.com/koffeeshop/koffeeshop/local/cli"
 	"github.com/koffeeshop/koffeeshop/local/runner"
 )
@@ -72,6 +73,8 @@ func run() int {
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	stopWithMake(ctx, stop)
+	tracing.LogErrors(log)
 
 	dirs := []string{*configDir}
 	if *build {

@@ -16,12 +16,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"os"
 	"strings"
 
 	"github.com/cloudevents/sdk-go/v2/event"
 	"github.com/cloudevents/sdk-go/v2/extensions"
+	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace"
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc"
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracehttp"
@@ -117,6 +119,13 @@ func newClient() (otlptrace.Client, error) {
 		return otlptracegrpc.NewClient(), nil
 	}
 	return nil, fmt.Errorf("tracing: OTLP protocol %q is not supported (http/protobuf, grpc)", proto)
+}
+
+// LogErrors sends the errors the OpenTelemetry SDK meets (an export that
+// failed, say) to log, instead of the standard logger. The SDK keeps one
+// handler per process: a command's main calls this.
+func LogErrors(log *slog.Logger) {
+	otel.SetErrorHandler(otel.ErrorHandlerFunc(func(err error) { log.Warn("tracing", "err", err) }))
 }
 
 // Provider is the tracer provider, a no-op one when nothing is traced.

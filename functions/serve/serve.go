@@ -393,6 +393,7 @@ func run(name, instance string, log *slog.Logger, h Handler, routes []Route) err
 	if drain == 0 {
 		return fmt.Errorf("%s must be positive", EnvDrainTimeout)
 	}
+	tracing.LogErrors(log)
 	tr, err := tracing.Setup(context.Background(), tracing.Options{Service: name})
 	if err != nil {
 		return err

@@ -584,13 +584,15 @@ func (r *Runner) Run(ctx context.Context) error {
 	case err = <-dispErr:
 	}
 	r.log.Info("shutting down")
-	shutCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	_ = r.srv.Shutdown(shutCtx)
-	cancel()
+	// The functions stop before the server: while they drain, their
+	// K_SINK events and their last spans still reach the ingress.
 	stopDisps()
 	dispWG.Wait()
 	stopPools()
 	poolsWG.Wait()
+	shutCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	_ = r.srv.Shutdown(shutCtx)
+	cancel()
 	flushCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	if terr := r.tracing.Shutdown(flushCtx); terr != nil {
 		r.log.Warn("tracing shutdown", "err", terr)

@@ -92,6 +92,7 @@ func run(args []string, getenv func(string) string, stderr io.Writer) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	log.Info("Starting", "nats", c.opts.NATS.URL, "addr", c.opts.Addr, "probeAddr", c.opts.ProbeAddr, "token", c.opts.Token != "")
+	tracing.LogErrors(log)
 	tr, err := tracing.Setup(ctx, tracing.Options{Service: "koffeeshop-broker-ingress"})
 	if err != nil {
 		return err

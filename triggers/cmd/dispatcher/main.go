@@ -86,6 +86,7 @@ func run(args []string, getenv func(string) string, stderr io.Writer) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	log.Info("Starting", "nats", c.opts.NATS.URL, "probeAddr", c.opts.ProbeAddr, "drainTimeout", c.opts.DrainTimeout)
+	tracing.LogErrors(log)
 	tr, err := tracing.Setup(ctx, tracing.Options{Service: "koffeeshop-trigger-dispatcher"})
 	if err != nil {
 		return err
