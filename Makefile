@@ -16,10 +16,24 @@ ARTIFACTS ?= $(CURDIR)/.artifacts
 
 all: build
 
-## build: compile the functions and the local runner into $(BIN)/
+# go_build_progress runs go build -v, which names each package it
+# compiles, and says how far it is at least every 5 seconds; go's errors go
+# through. $(1) names the step, $(2) the packages, $(3) go build's flags.
+define go_build_progress
+	@total=$$($(GO) list -deps $(2) 2>/dev/null | wc -l); log=$$(mktemp); \
+	echo "build $(1): $(2), $$total packages with their dependencies (a cold cache compiles them once: minutes on 2 cores)" >&2; \
+	( while sleep 5; do echo "  build $(1): $$(grep -c '^[[:alnum:]._/~-]*$$' $$log) of at most $$total packages compiled, now $$(tail -n1 $$log)" >&2; done ) & tick=$$!; \
+	$(GO) build -v $(3) $(2) 2>&1 | tee $$log | grep -v '^[[:alnum:]._/~-]*$$' >&2; rc=$${PIPESTATUS[0]}; \
+	kill $$tick 2>/dev/null; wait $$tick 2>/dev/null; \
+	n=$$(grep -c '^[[:alnum:]._/~-]*$$' $$log); rm -f $$log; \
+	if [ $$rc -eq 0 ]; then echo "  build $(1): done ($$n packages compiled, the rest from the cache)" >&2; fi; exit $$rc
+endef
+
+## build: compile the functions and the local runner into $(BIN)/, saying
+## how far it is
 build:
-	$(GO) build -o $(BIN)/ $(addprefix ./functions/,$(FUNCS))
-	$(GO) build -o $(BIN)/koffeeshop ./local
+	$(call go_build_progress,functions,$(addprefix ./functions/,$(FUNCS)),-o $(BIN)/)
+	$(call go_build_progress,runner,./local,-o $(BIN)/koffeeshop)
 
 ## run: the whole coffee shop on this machine, with an embedded NATS JetStream
 run: build
@@ -40,7 +54,7 @@ test: fmt-check kube-apiserver etcd
 ## a bounded soak), each printing a RESULT line of what was lost (0)
 test-faults:
 	$(GO) test -race -tags faults -count=1 -v -timeout 30m -run 'Fault|Cluster|Soak' ./local/runner 2>&1 | \
-		grep -E '^(=== RUN|--- |PASS|FAIL|ok )|RESULT|faults?_test|cluster_test|soak_test' ; exit $${PIPESTATUS[0]}
+		grep --line-buffered -E '^(=== RUN|--- |PASS|FAIL|ok )|RESULT|faults?_test|cluster_test|soak_test' ; exit $${PIPESTATUS[0]}
 
 ## fuzz: run each fuzz target for a bounded time
 fuzz:
