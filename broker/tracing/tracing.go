@@ -20,6 +20,7 @@ import (
 	"net/http"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/cloudevents/sdk-go/v2/event"
 	"github.com/cloudevents/sdk-go/v2/extensions"
@@ -126,6 +127,24 @@ func newClient() (otlptrace.Client, error) {
 // handler per process: a command's main calls this.
 func LogErrors(log *slog.Logger) {
 	otel.SetErrorHandler(otel.ErrorHandlerFunc(func(err error) { log.Warn("tracing", "err", err) }))
+}
+
+// ForProcess sets tracing up for a command: the SDK's errors to log, and
+// the provider the environment asks for. The returned stop exports what
+// is left, within 5 seconds, before the process ends.
+func ForProcess(ctx context.Context, log *slog.Logger, service string) (*Tracing, func(), error) {
+	LogErrors(log)
+	t, err := Setup(ctx, Options{Service: service})
+	if err != nil {
+		return nil, nil, err
+	}
+	return t, func() {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		if err := t.Shutdown(ctx); err != nil {
+			log.Warn("tracing shutdown", "err", err)
+		}
+	}, nil
 }
 
 // Provider is the tracer provider, a no-op one when nothing is traced.

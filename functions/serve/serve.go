@@ -393,19 +393,11 @@ func run(name, instance string, log *slog.Logger, h Handler, routes []Route) err
 	if drain == 0 {
 		return fmt.Errorf("%s must be positive", EnvDrainTimeout)
 	}
-	tracing.LogErrors(log)
-	tr, err := tracing.Setup(context.Background(), tracing.Options{Service: name})
+	tr, stopTracing, err := tracing.ForProcess(context.Background(), log, name)
 	if err != nil {
 		return err
 	}
-	defer func() {
-		// Spans not yet exported go out before the process ends.
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		if err := tr.Shutdown(ctx); err != nil {
-			log.Warn("tracing shutdown", "err", err)
-		}
-	}()
+	defer stopTracing()
 	srv, err := New(Config{Instance: instance, Logger: log, DrainTimeout: drain, Name: name, Tracer: tr.Provider()}, h, routes...)
 	if err != nil {
 		return err

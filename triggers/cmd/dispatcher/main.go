@@ -86,19 +86,11 @@ func run(args []string, getenv func(string) string, stderr io.Writer) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	log.Info("Starting", "nats", c.opts.NATS.URL, "probeAddr", c.opts.ProbeAddr, "drainTimeout", c.opts.DrainTimeout)
-	tracing.LogErrors(log)
-	tr, err := tracing.Setup(ctx, tracing.Options{Service: "koffeeshop-trigger-dispatcher"})
+	tr, stopTracing, err := tracing.ForProcess(ctx, log, "koffeeshop-trigger-dispatcher")
 	if err != nil {
 		return err
 	}
-	defer func() {
-		// The spans not yet exported go out before the process ends.
-		fctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		if err := tr.Shutdown(fctx); err != nil {
-			log.Warn("tracing shutdown", "error", err)
-		}
-	}()
+	defer stopTracing()
 	c.opts.Tracer = tr.Provider()
 	if err := fleet.Run(ctx, c.opts); err != nil {
 		log.Error("Stopped", "error", err)
