@@ -7,6 +7,7 @@ import (
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 	eventingv1 "knative.dev/eventing/pkg/apis/eventing/v1"
+	kbroker "knative.dev/eventing/pkg/broker"
 	"knative.dev/eventing/pkg/eventfilter"
 	"knative.dev/eventing/pkg/eventfilter/attributes"
 	"knative.dev/eventing/pkg/eventfilter/subscriptionsapi"
@@ -210,10 +211,26 @@ func filterReads(t *eventingv1.Trigger) ([]string, bool) {
 	var names []string
 	if t.Spec.Filter != nil {
 		for k := range t.Spec.Filter.Attributes {
-			names = append(names, k)
+			addRead(&names, k)
 		}
 	}
 	return names, true
+}
+
+// addRead adds what the filter key k reads: Knative's LookupAttribute
+// reads schemaurl and dataschema alike (the names of 0.3 and 1.0), and
+// datamediatype from datacontenttype. The broker's TTL is never decoded:
+// Knative filters an event without it, as the full decode does.
+func addRead(names *[]string, k string) {
+	switch k {
+	case kbroker.TTLAttribute:
+	case "schemaurl", "dataschema":
+		*names = append(*names, "schemaurl", "dataschema")
+	case "datamediatype":
+		*names = append(*names, "datacontenttype")
+	default:
+		*names = append(*names, k)
+	}
 }
 
 func readsOf(f eventingv1.SubscriptionsAPIFilter, names *[]string) bool {
@@ -222,7 +239,7 @@ func readsOf(f eventingv1.SubscriptionsAPIFilter, names *[]string) bool {
 	}
 	for _, m := range []map[string]string{f.Exact, f.Prefix, f.Suffix} {
 		for k := range m {
-			*names = append(*names, k)
+			addRead(names, k)
 		}
 	}
 	for _, g := range append(slices.Clone(f.All), f.Any...) {
