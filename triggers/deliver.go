@@ -54,6 +54,7 @@ type outcome struct {
 type delivery struct {
 	msg jetstream.Msg
 	ev  *cloudevents.Event
+	ttl int32 // the broker's TTL, read before it is taken off ev
 }
 
 // event is the decoded event without the broker's TTL, which subscribers
@@ -64,10 +65,34 @@ func (dl *delivery) event() (*cloudevents.Event, error) {
 		if err != nil {
 			return nil, err
 		}
+		dl.ttl, _ = kbroker.GetTTL(ev.Context)
 		_ = kbroker.DeleteTTL(ev.Context)
 		dl.ev = &ev
 	}
 	return dl.ev, nil
+}
+
+// attr is an attribute of the stored event (source, id, the broker's TTL),
+// from its header, or from the decoded event when it was stored in the
+// structured form of earlier versions, which has no ce- headers.
+func (dl *delivery) attr(name string) string {
+	h := dl.msg.Headers()
+	if broker.StoredAttribute(h, "specversion") != "" {
+		return broker.StoredAttribute(h, name)
+	}
+	ev, err := dl.event()
+	if err != nil {
+		return ""
+	}
+	switch name {
+	case "source":
+		return ev.Source()
+	case "id":
+		return ev.ID()
+	case kbroker.TTLAttribute:
+		return fmt.Sprint(dl.ttl)
+	}
+	return ""
 }
 
 func (d *Dispatcher) handle(ctx context.Context, msg jetstream.Msg) {
@@ -109,9 +134,7 @@ func (d *Dispatcher) handle(ctx context.Context, msg jetstream.Msg) {
 	log.with("attempt", attempt)
 	key := deadLetterKey(meta.Consumer, meta.Sequence.Stream)
 	h := msg.Headers()
-	msgID := func() string {
-		return broker.MsgID(broker.StoredAttribute(h, "source"), broker.StoredAttribute(h, "id"))
-	}
+	msgID := func() string { return broker.MsgID(dl.attr("source"), dl.attr("id")) }
 	parent := d.traceParent(ctx, h, meta, attempt)
 	var failed *failure
 	if attempt > 1 && d.dead != nil {
@@ -129,10 +152,12 @@ func (d *Dispatcher) handle(ctx context.Context, msg jetstream.Msg) {
 		actx, span := d.startSpan(parent, "deliver to", attempt, h)
 		out := d.attempt(actx, d.cfg.Subscriber, dl, nil)
 		spanOutcome := outcomeDropped
-		defer func() { endSpan(span, spanOutcome, out) }()
+		// The attempt's span ends before a dead-letter send, its sibling.
+		endAttempt := sync.OnceFunc(func() { endSpan(span, spanOutcome, out) })
+		defer endAttempt()
 		if out.err == nil && out.reply != nil {
 			// The reply carries the event's TTL on into the Broker.
-			ttl, _ := types.ToInteger(broker.StoredAttribute(h, kbroker.TTLAttribute))
+			ttl, _ := types.ToInteger(dl.attr(kbroker.TTLAttribute))
 			_ = kbroker.SetTTL(out.reply.Context, ttl)
 			_, err := d.pub.Publish(actx, d.cfg.Broker, out.reply)
 			switch {
@@ -182,6 +207,7 @@ func (d *Dispatcher) handle(ctx context.Context, msg jetstream.Msg) {
 		failed = failureOf(out)
 		failed.Event = msgID()
 		log.with("err", out.err)
+		endAttempt()
 	}
 	if ctx.Err() != nil {
 		d.ackErr(log, "nak", msg.Nak())
