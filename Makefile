@@ -25,6 +25,7 @@ define go_build_progress
 	@total=$$($(GO) list -deps $(2) 2>/dev/null | wc -l); log=$$(mktemp); \
 	echo "build $(1): $(2), $$total packages with their dependencies (a cold cache compiles them once: minutes on 2 cores)" >&2; \
 	( while sleep 5 </dev/null >/dev/null 2>&1; do echo "  build $(1): $$(grep -c '^[[:alnum:]._/~-]*$$' $$log) of at most $$total packages compiled, now $$(tail -n1 $$log)" >&2; done ) & tick=$$!; \
+	trap 'kill $$tick 2>/dev/null; rm -f $$log' EXIT INT TERM; \
 	$(GO) build -v $(3) $(2) 2>&1 | tee $$log | grep -v '^[[:alnum:]._/~-]*$$' >&2; rc=$${PIPESTATUS[0]}; \
 	kill $$tick 2>/dev/null; wait $$tick 2>/dev/null; \
 	n=$$(grep -c '^[[:alnum:]._/~-]*$$' $$log); rm -f $$log; \

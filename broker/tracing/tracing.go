@@ -14,7 +14,6 @@ package tracing
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -170,11 +169,8 @@ func (t *Tracing) Shutdown(ctx context.Context) error {
 	if t == nil || t.sdk == nil {
 		return nil
 	}
-	err := t.sdk.Shutdown(ctx)
-	if t.client != nil {
-		err = errors.Join(err, t.client.Stop(ctx))
-	}
-	return err
+	// The exporter stops the client.
+	return t.sdk.Shutdown(ctx)
 }
 
 // propagator is W3C trace context: traceparent and tracestate.

@@ -123,6 +123,7 @@ func New(ctx context.Context, opts Options, log *slog.Logger) (_ *Runner, err er
 	r.metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	defer func() {
 		if err != nil {
+			_ = r.tracing.Shutdown(context.WithoutCancel(ctx))
 			r.close()
 		}
 	}()
@@ -538,8 +539,9 @@ func (r *Runner) Brokers() []string {
 	return out
 }
 
-// NATSURL is the URL of the NATS server in use.
-func (r *Runner) NATSURL() string { return r.nc.ConnectedUrl() }
+// NATSURL is the URL of the NATS server in use, without any password or
+// token it carries.
+func (r *Runner) NATSURL() string { return r.nc.ConnectedUrlRedacted() }
 
 // Pools returns the function supervisors, by namespace/name.
 func (r *Runner) Pools() map[string]*supervisor.Pool { return r.pools }
