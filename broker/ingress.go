@@ -195,7 +195,7 @@ func (in *Ingress) startSpan(ctx context.Context, h http.Header, ref Ref, ev *cl
 	if !ok {
 		parent = tracing.FromHTTP(ctx, h)
 	}
-	ctx, span := in.tracer.Start(parent, "ingress "+ref.String(), trace.WithSpanKind(trace.SpanKindServer))
+	ctx, span := tracing.Start(in.tracer, parent, "ingress "+ref.String(), trace.WithSpanKind(trace.SpanKindServer))
 	if span.IsRecording() {
 		span.SetAttributes(
 			attribute.String("cloudevents.event_id", ev.ID()),

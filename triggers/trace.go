@@ -60,7 +60,7 @@ func (d *Dispatcher) traceParent(ctx context.Context, h nats.Header, meta *jetst
 // startSpan starts the span of one send of the event to the subscriber or
 // to the dead-letter sink.
 func (d *Dispatcher) startSpan(parent context.Context, name string, attempt int, h nats.Header) (context.Context, trace.Span) {
-	ctx, span := d.tracer.Start(parent, name+" "+d.name, trace.WithSpanKind(trace.SpanKindClient))
+	ctx, span := tracing.Start(d.tracer, parent, name+" "+d.name, trace.WithSpanKind(trace.SpanKindClient))
 	if span.IsRecording() {
 		// Only for a sampled span: the others would build them for nothing.
 		span.SetAttributes(

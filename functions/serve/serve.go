@@ -339,7 +339,7 @@ func (s *Server) startSpan(r *http.Request, event *cloudevents.Event) (context.C
 	if !trace.SpanContextFromContext(ctx).IsValid() {
 		ctx, _ = tracing.FromEvent(ctx, event)
 	}
-	ctx, span := s.tracer.Start(ctx, s.name+" "+event.Type(), trace.WithSpanKind(trace.SpanKindServer))
+	ctx, span := tracing.Start(s.tracer, ctx, s.name+" "+event.Type(), trace.WithSpanKind(trace.SpanKindServer))
 	if span.IsRecording() {
 		span.SetAttributes(
 			attribute.String("cloudevents.event_id", event.ID()),

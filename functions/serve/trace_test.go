@@ -46,3 +46,29 @@ func TestHandlingContinuesTheTrace(t *testing.T) {
 		t.Errorf("reply traceparent %q, want the function's span %q", got, want)
 	}
 }
+
+// TestUnsampledTraceGoesOnWithoutASpan: a delivery whose trace is not
+// sampled gets no span, and its context goes on to the reply as it came,
+// so every later hop decides the same.
+func TestUnsampledTraceGoesOnWithoutASpan(t *testing.T) {
+	rec := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
+	r := start(t, serve.Config{Instance: "inst-u", Name: "echo", Tracer: tp}, echo)
+
+	const parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"
+	req, _ := http.NewRequestWithContext(t.Context(), http.MethodPost, r.url+"/", strings.NewReader(`{}`))
+	for k, v := range map[string]string{"Ce-Specversion": "1.0", "Ce-Id": "evt-u", "Ce-Source": "/test/client", "Ce-Type": "test.request", "Content-Type": "application/json", "Traceparent": parent} {
+		req.Header.Set(k, v)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	readBody(t, resp)
+	if n := len(rec.Started()); n != 0 {
+		t.Errorf("%d spans started for an unsampled trace, want 0", n)
+	}
+	if got := resp.Header.Get("Ce-Traceparent"); got != parent {
+		t.Errorf("reply traceparent %q, want the delivery's %q", got, parent)
+	}
+}
