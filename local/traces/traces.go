@@ -29,7 +29,10 @@ import (
 
 // Bounds of a Store.
 const (
-	DefaultMaxTraces = 2000
+	// DefaultMaxTraces matches the board's orders: an order's timeline
+	// is there while the order is (a trace of an order takes about
+	// 10 KiB).
+	DefaultMaxTraces = 1000
 	// MaxSpans bounds one trace: a retry loop must not grow it forever.
 	MaxSpans = 256
 	// maxBody bounds one OTLP request.
