@@ -52,15 +52,7 @@ func TestMakeRunStopsOnASignalToMake(t *testing.T) {
 				}
 			})
 			base := "http://" + addr
-			for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(100 * time.Millisecond) {
-				if resp, err := http.Get(base + "/health/readiness"); err == nil {
-					resp.Body.Close()
-					break
-				}
-				if time.Now().After(deadline) {
-					t.Fatal("make run did not serve within 60 s")
-				}
-			}
+			waitReady(t, base, 60*time.Second)
 			// An order brings every function up.
 			if resp := postBinary(t, base+"/default/default", "make-"+sig.String(), "/make-test", "com.koffeeshop.order.placed", `{"customer":"ada","beverage":"latte"}`); resp.StatusCode != http.StatusAccepted {
 				t.Fatalf("order: %d", resp.StatusCode)

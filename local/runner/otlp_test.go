@@ -237,15 +237,22 @@ func startRunnerBinary(t *testing.T, env ...string) *runnerBinaryProc {
 		}
 	})
 	p := &runnerBinaryProc{url: "http://" + addr, stop: stop}
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		if resp, err := http.Get(p.url + "/health/readiness"); err == nil {
+	waitReady(t, p.url, 30*time.Second)
+	return p
+}
+
+// waitReady waits until the shop at base answers its readiness probe.
+func waitReady(t *testing.T, base string, limit time.Duration) {
+	t.Helper()
+	for deadline := time.Now().Add(limit); ; time.Sleep(50 * time.Millisecond) {
+		if resp, err := http.Get(base + "/health/readiness"); err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
-				return p
+				return
 			}
 		}
 		if time.Now().After(deadline) {
-			t.Fatal("the runner did not become ready")
+			t.Fatalf("the shop at %s was not ready within %s", base, limit)
 		}
 	}
 }
