@@ -228,7 +228,14 @@ func DecodeAttributes(h nats.Header, data []byte, names []string) (cloudevents.E
 	if version == nil {
 		return Decode(h, data)
 	}
-	e, err := binding.ToEvent(context.Background(), &storedMessage{header: h, version: version, only: append(names[:len(names):len(names)], "specversion")})
+	// A nil only reads everything: with no names, read none (the version
+	// comes from the specversion header either way). No copy of names per
+	// message.
+	only := names
+	if only == nil {
+		only = []string{}
+	}
+	e, err := binding.ToEvent(context.Background(), &storedMessage{header: h, version: version, only: only})
 	if err != nil {
 		return cloudevents.Event{}, fmt.Errorf("decode stored event: %w", err)
 	}
