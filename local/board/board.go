@@ -1,6 +1,7 @@
 // Package board serves the live coffee-shop board: an order form, each
-// order's progress fed by an ordinary Trigger subscriber, and the function
-// instances panel, pushed to browsers over Server-Sent Events.
+// order's progress followed on the Broker's stream (see Board.Follow), and
+// the function instances panel, pushed to browsers over Server-Sent
+// Events.
 package board
 
 import (
@@ -23,6 +24,10 @@ import (
 	"github.com/cloudevents/sdk-go/v2/binding"
 	cehttp "github.com/cloudevents/sdk-go/v2/protocol/http"
 	"github.com/google/uuid"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/koffeeshop/koffeeshop/broker"
 	"github.com/koffeeshop/koffeeshop/broker/tracing"
@@ -54,6 +59,9 @@ type Deps struct {
 	Broker    broker.Ref
 	// TakeOrder reaches the take-order function directly.
 	TakeOrder triggers.Endpoint
+	// Tracer starts the trace of an order placed with the form, so that
+	// the order's timeline begins where it was placed; nil traces nothing.
+	Tracer trace.TracerProvider
 	// Status is the runner's function panel, refreshed every StatusEvery.
 	Status      func() any
 	StatusEvery time.Duration
@@ -78,6 +86,7 @@ type Board struct {
 	d      Deps
 	mux    *http.ServeMux
 	client *http.Client
+	tracer trace.Tracer
 
 	mu     sync.Mutex
 	orders map[string]*list.Element // of *Order, by order id
@@ -120,7 +129,11 @@ func New(d Deps) *Board {
 	if d.StatusEvery <= 0 {
 		d.StatusEvery = 250 * time.Millisecond
 	}
-	b := &Board{d: d, client: &http.Client{Timeout: 30 * time.Second}, orders: map[string]*list.Element{}, recent: list.New(), subs: map[chan []byte]struct{}{}}
+	tp := d.Tracer
+	if tp == nil {
+		tp = noop.NewTracerProvider()
+	}
+	b := &Board{d: d, tracer: tp.Tracer(tracing.Scope), client: &http.Client{Timeout: 30 * time.Second}, orders: map[string]*list.Element{}, recent: list.New(), subs: map[chan []byte]struct{}{}}
 	static, _ := fs.Sub(assets, "assets")
 	b.mux = http.NewServeMux()
 	b.mux.HandleFunc("GET "+PagePath+"{$}", func(w http.ResponseWriter, r *http.Request) {
@@ -360,25 +373,36 @@ func (b *Board) placeOrder(w http.ResponseWriter, r *http.Request) {
 	ev.SetType(coffee.TypeOrderPlaced)
 	_ = ev.SetData(cloudevents.ApplicationJSON, coffee.Order{Customer: f.Customer, Beverage: f.Beverage})
 	res := orderResult{Via: f.Via, OrderID: coffee.OrderID(ev), Customer: f.Customer}
-	start := time.Now()
-	var err error
-	switch f.Via {
-	case "broker", "":
+	if res.Via == "" {
 		res.Via = "broker"
-		_, err = b.d.Publisher.Publish(r.Context(), b.d.Broker, &ev)
-		res.Status = http.StatusAccepted
-	case "direct":
-		err = b.direct(r.Context(), ev, &res)
-	default:
+	}
+	if res.Via != "broker" && res.Via != "direct" {
 		http.Error(w, fmt.Sprintf("via %q: want broker or direct", f.Via), http.StatusBadRequest)
 		return
+	}
+	// The order's trace starts here (or continues the browser's), and the
+	// order carries it on to the Broker or to take-order.
+	ctx, span := tracing.Start(b.tracer, tracing.FromHTTP(r.Context(), r.Header), "board order via "+res.Via,
+		trace.WithSpanKind(trace.SpanKindServer),
+		trace.WithAttributes(attribute.String("cloudevents.event_id", ev.ID()), attribute.String("cloudevents.event_type", ev.Type())))
+	defer span.End()
+	tracing.OnEvent(ctx, &ev)
+	start := time.Now()
+	var err error
+	if res.Via == "broker" {
+		_, err = b.d.Publisher.Publish(ctx, b.d.Broker, &ev)
+		res.Status = http.StatusAccepted
+	} else {
+		err = b.direct(ctx, ev, &res)
 	}
 	res.Millis = float64(time.Since(start).Microseconds()) / 1000
 	if err != nil {
 		res.Status = http.StatusServiceUnavailable
 		res.Error = err.Error()
+		span.SetStatus(codes.Error, err.Error())
 		b.d.Log.Warn("board order failed", "via", res.Via, "err", err)
 	}
+	span.SetAttributes(attribute.Int("http.response.status_code", res.Status))
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(res.Status)
 	_ = json.NewEncoder(w).Encode(res)
@@ -402,6 +426,7 @@ func (b *Board) direct(ctx context.Context, ev cloudevents.Event, res *orderResu
 	if err := cehttp.WriteRequest(ctx, binding.ToMessage(&ev), req); err != nil {
 		return err
 	}
+	tracing.ToHTTP(ctx, req.Header)
 	resp, err := b.client.Do(req)
 	if err != nil {
 		return fmt.Errorf("take-order: %w", err)

@@ -25,6 +25,7 @@ func (r *Runner) buildBoard(mux *http.ServeMux) error {
 		Publisher: r.store,
 		Broker:    ref,
 		TakeOrder: takeOrder,
+		Tracer:    r.tracing.Provider(),
 		Status:    func() any { return r.Status() },
 		History:   func() any { return r.History() },
 		Trace: func(id string) any {

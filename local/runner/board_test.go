@@ -2,6 +2,7 @@ package runner_test
 
 import (
 	"context"
+	"encoding/json"
 	"net/http"
 	"os"
 	"os/exec"
@@ -14,6 +15,8 @@ import (
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 
 	"github.com/koffeeshop/koffeeshop/functions/coffee"
+	"github.com/koffeeshop/koffeeshop/local/board"
+	"github.com/koffeeshop/koffeeshop/local/traces"
 )
 
 // chromium finds a Chromium to drive: $CHROMIUM, else Debian's package.
@@ -154,7 +157,8 @@ func TestBoardInChromium(t *testing.T) {
 		const fns = rows.filter(r => r.dataset.kind === "function").map(r => r.dataset.service).sort();
 		const kinds = new Set(rows.map(r => r.dataset.kind));
 		const bars = rows.filter(r => parseFloat(r.querySelector('.bar').style.width) > 0).length;
-		return [fns.join(","), String(kinds.has("queued")), String(kinds.has("coldstart")), String(bars), document.getElementById("timeline-summary").textContent];
+		const first = rows.length ? rows[0].querySelector('.label').textContent : "";
+		return [fns.join(","), String(kinds.has("queued")), String(kinds.has("coldstart")), String(bars), document.getElementById("timeline-summary").textContent, first];
 	})()`
 	var tl []string
 	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
@@ -172,6 +176,21 @@ func TestBoardInChromium(t *testing.T) {
 	}
 	if !strings.Contains(tl[4], "queued in JetStream") || tl[3] == "0" {
 		t.Errorf("timeline summary %q with %s bars", tl[4], tl[3])
+	}
+	// The trace starts where the order was placed: the board's form.
+	if !strings.HasSuffix(tl[5], ": board order via broker") {
+		t.Errorf("ada's timeline starts with %q, want the board's order via broker", tl[5])
+	}
+	// grace's order went to take-order directly: the same, one trace from
+	// the form on.
+	graceTrace, err := chromedp.Run(ctx, chromedp.Evaluate[string](`document.querySelector('tr[data-customer="grace"]').dataset.traceId || ""`))
+	if err != nil {
+		t.Fatalf("read grace's trace id: %v", err)
+	}
+	if spans := boardTrace(t, s.IngressURL(), graceTrace); len(spans) == 0 || spans[0].Name != "board order via direct" || spans[0].ParentID != "" {
+		t.Errorf("grace's trace %q begins with %+v, want the board's order via direct as its root", graceTrace, spans)
+	} else if !traceHas(spans, "take-order", spans[0].SpanID) {
+		t.Errorf("grace's trace %q has no take-order span under the board's order: %+v", graceTrace, spans)
 	}
 	screenshot(t, ctx, "board.png")
 	if !sawBarista {
@@ -224,4 +243,42 @@ func screenshot(t *testing.T, ctx context.Context, name string) {
 		t.Fatal(err)
 	}
 	t.Logf("screenshot: %s", path)
+}
+
+// boardTrace reads the spans of a trace as the board's timeline does,
+// oldest first.
+func boardTrace(t *testing.T, base, id string) []traces.Span {
+	t.Helper()
+	resp, err := http.Get(base + board.TracePath + id)
+	if err != nil {
+		t.Fatalf("GET trace %s: %v", id, err)
+	}
+	defer resp.Body.Close()
+	var spans []traces.Span
+	if resp.StatusCode == http.StatusOK {
+		if err := json.NewDecoder(resp.Body).Decode(&spans); err != nil {
+			t.Fatalf("decode trace %s: %v", id, err)
+		}
+	}
+	return spans
+}
+
+// traceHas reports whether a span of service descends from the span
+// root.
+func traceHas(spans []traces.Span, service, root string) bool {
+	parent := make(map[string]string, len(spans))
+	for _, s := range spans {
+		parent[s.SpanID] = s.ParentID
+	}
+	for _, s := range spans {
+		if s.Service != service {
+			continue
+		}
+		for id := s.ParentID; id != ""; id = parent[id] {
+			if id == root {
+				return true
+			}
+		}
+	}
+	return false
 }

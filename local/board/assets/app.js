@@ -157,7 +157,7 @@
     const a = s.attrs || {};
     if (s.name.indexOf("queued in ") === 0) return "queued";
     if (s.name === "waiting for an instance") return "coldstart";
-    if (s.name.indexOf("ingress ") === 0) return "ingress";
+    if (s.name.indexOf("ingress ") === 0 || s.name.indexOf("board order ") === 0) return "ingress";
     if (s.name.indexOf("dead-letter ") === 0) return "failed";
     if (s.name.indexOf("deliver to ") === 0) return s.error || a["koffeeshop.outcome"] === "retry" ? "failed" : "deliver";
     return s.error ? "failed" : "function";
