@@ -2,46 +2,13 @@ package broker
 
 import (
 	"net/http"
-	"time"
+
+	"github.com/koffeeshop/koffeeshop/broker/httpserver"
 )
 
 // ServerOptions are the limits of the HTTP server in front of the
-// ingress. A zero field takes the default beside it.
-type ServerOptions struct {
-	// ReadHeaderTimeout bounds the request line and headers: a client
-	// that trickles them (slowloris) is cut off. Default 10 s.
-	ReadHeaderTimeout time.Duration
-	// ReadTimeout bounds reading a whole request. Default 30 s.
-	ReadTimeout time.Duration
-	// WriteTimeout bounds handling and answering a request. Default 30 s.
-	WriteTimeout time.Duration
-	// IdleTimeout closes a kept-alive connection without a request.
-	// Default 2 min.
-	IdleTimeout time.Duration
-	// MaxHeaderBytes bounds the request headers. Default 64 KiB.
-	MaxHeaderBytes int
-}
+// ingress; see httpserver.Options for each and its default.
+type ServerOptions = httpserver.Options
 
 // NewServer returns an http.Server for h with the limits of o.
-func NewServer(h http.Handler, o ServerOptions) *http.Server {
-	def := func(d *time.Duration, v time.Duration) {
-		if *d <= 0 {
-			*d = v
-		}
-	}
-	def(&o.ReadHeaderTimeout, 10*time.Second)
-	def(&o.ReadTimeout, 30*time.Second)
-	def(&o.WriteTimeout, 30*time.Second)
-	def(&o.IdleTimeout, 2*time.Minute)
-	if o.MaxHeaderBytes <= 0 {
-		o.MaxHeaderBytes = 64 << 10
-	}
-	return &http.Server{
-		Handler:           h,
-		ReadHeaderTimeout: o.ReadHeaderTimeout,
-		ReadTimeout:       o.ReadTimeout,
-		WriteTimeout:      o.WriteTimeout,
-		IdleTimeout:       o.IdleTimeout,
-		MaxHeaderBytes:    o.MaxHeaderBytes,
-	}
-}
+func NewServer(h http.Handler, o ServerOptions) *http.Server { return httpserver.New(h, o) }

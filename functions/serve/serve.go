@@ -34,6 +34,7 @@ import (
 	"go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/koffeeshop/koffeeshop/broker/ceheader"
+	"github.com/koffeeshop/koffeeshop/broker/httpserver"
 	"github.com/koffeeshop/koffeeshop/broker/tracing"
 )
 
@@ -198,15 +199,13 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // not ready and drains in-flight requests for up to the drain timeout. It
 // returns nil after a complete drain. Serve closes ln.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
-	srv := &http.Server{
-		Handler:           s,
-		ReadHeaderTimeout: 10 * time.Second,
-		ReadTimeout:       time.Minute,
-		WriteTimeout:      s.handlerTimeout + 30*time.Second,
-		IdleTimeout:       2 * time.Minute,
-		MaxHeaderBytes:    64 << 10,
-		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
-	}
+	// An event may take the whole handler timeout to handle and answer,
+	// and its body up to a minute to arrive.
+	srv := httpserver.New(s, httpserver.Options{
+		ReadTimeout:  time.Minute,
+		WriteTimeout: s.handlerTimeout + 30*time.Second,
+	})
+	srv.ErrorLog = slog.NewLogLogger(s.log.Handler(), slog.LevelWarn)
 
 	errc := make(chan error, 1)
 	s.ready.Store(true)
