@@ -64,7 +64,7 @@ func NewSink(target string, timeout time.Duration, opts ...cehttp.Option) (*Sink
 		MaxIdleConnsPerHost: 256,
 		IdleConnTimeout:     90 * time.Second,
 	}
-	opts = append([]cehttp.Option{cehttp.WithTarget(u.String()), cehttp.WithClient(http.Client{Transport: traced{drainOnClose{transport}}})}, opts...)
+	opts = append([]cehttp.Option{cehttp.WithTarget(u.String()), cehttp.WithRoundTripper(drainOnClose{transport})}, opts...)
 	p, err := cehttp.New(opts...)
 	if err != nil {
 		return nil, fmt.Errorf("sink %s: %w", target, err)
@@ -103,11 +103,13 @@ func SinkFromEnv(getenv func(string) string, timeout time.Duration) (*Sink, erro
 func (s *Sink) Target() string { return s.target }
 
 // Send delivers e and returns nil once the sink answered 2xx; otherwise a
-// *SendError telling what the sink answered, if anything.
+// *SendError telling what the sink answered, if anything. It sends once:
+// a function sends from the handling of an event, which the dispatcher
+// delivers again if the handling fails, so retries here would multiply.
 func (s *Sink) Send(ctx context.Context, e cloudevents.Event) error {
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
-	res := s.client.Send(ctx, e)
+	res := s.client.Send(WithTraceHeaders(ctx), e)
 	if protocol.IsACK(res) {
 		return nil
 	}
@@ -118,10 +120,11 @@ func (s *Sink) Send(ctx context.Context, e cloudevents.Event) error {
 	return &SendError{Err: fmt.Errorf("send %s %s to sink: %w", e.Type(), e.ID(), res)}
 }
 
-// drainOnClose percent-encodes the attribute headers of each request, and
-// makes closing a response body read what is left of it first
-// (up to 64 KiB): the sdk closes a 2xx answer unread, and net/http only
-// reuses a connection whose last body was read to the end.
+// drainOnClose does for each request what the sdk-go HTTP protocol does
+// not: it percent-encodes the attribute headers, which the sdk writes as
+// they are, and makes closing a response body read what is left of it
+// first (up to 64 KiB), since the sdk closes a 2xx answer unread and
+// net/http only reuses a connection whose last body was read to the end.
 type drainOnClose struct{ rt http.RoundTripper }
 
 func (d drainOnClose) RoundTrip(req *http.Request) (*http.Response, error) {
@@ -143,14 +146,16 @@ func (b drainingBody) Close() error {
 	return b.ReadCloser.Close()
 }
 
-// traced sends the trace context of each request's context along, so the
-// Broker's ingress continues the sender's trace.
-type traced struct{ next http.RoundTripper }
-
-func (t traced) RoundTrip(req *http.Request) (*http.Response, error) {
-	if trace.SpanContextFromContext(req.Context()).IsValid() {
-		req = req.Clone(req.Context())
-		tracing.ToHTTP(req.Context(), req.Header)
+// WithTraceHeaders is ctx carrying the trace context of its span as the
+// traceparent and tracestate headers of the CloudEvents HTTP requests sent
+// with it (sdk-go's per-request headers), so the receiver continues the
+// sender's trace. The sdk-go client itself propagates no trace context.
+func WithTraceHeaders(ctx context.Context) context.Context {
+	if !trace.SpanContextFromContext(ctx).IsValid() {
+		return ctx
 	}
-	return t.next.RoundTrip(req)
+	// The sdk writes the event's headers into this map: a copy per send.
+	h := cehttp.HeaderFrom(ctx).Clone()
+	tracing.ToHTTP(ctx, h)
+	return cehttp.WithCustomHeader(ctx, h)
 }

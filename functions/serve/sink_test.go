@@ -17,6 +17,7 @@ import (
 	"github.com/cloudevents/sdk-go/v2/binding"
 	cehttp "github.com/cloudevents/sdk-go/v2/protocol/http"
 
+	"github.com/koffeeshop/koffeeshop/broker/tracing"
 	"github.com/koffeeshop/koffeeshop/functions/serve"
 )
 
@@ -25,8 +26,9 @@ import (
 type recordingSink struct {
 	srv    *httptest.Server
 	conns  atomic.Int64
-	mu     sync.Mutex
-	events []cloudevents.Event
+	mu      sync.Mutex
+	events  []cloudevents.Event
+	headers []http.Header
 }
 
 func newRecordingSink(t *testing.T, status int, body string) *recordingSink {
@@ -44,6 +46,7 @@ func newRecordingSink(t *testing.T, status int, body string) *recordingSink {
 		}
 		s.mu.Lock()
 		s.events = append(s.events, *ev)
+		s.headers = append(s.headers, r.Header.Clone())
 		s.mu.Unlock()
 		w.WriteHeader(status)
 		_, _ = io.WriteString(w, body)
@@ -62,6 +65,12 @@ func (s *recordingSink) received() []cloudevents.Event {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return append([]cloudevents.Event(nil), s.events...)
+}
+
+func (s *recordingSink) receivedHeaders() []http.Header {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]http.Header(nil), s.headers...)
 }
 
 func sinkEvent(t *testing.T, id string) cloudevents.Event {
@@ -111,6 +120,59 @@ func TestSinkSendsEventsOnKeptConnections(t *testing.T) {
 	}
 	if c := rec.conns.Load(); c != 1 {
 		t.Errorf("%d events took %d connections, want 1 kept alive", n, c)
+	}
+}
+
+// TestSinkSendsTheTraceContext: a send within a span carries the span as
+// the traceparent header, so the Broker continues the sender's trace; a
+// send without one carries none, and sends do not share headers.
+func TestSinkSendsTheTraceContext(t *testing.T) {
+	rec := newRecordingSink(t, http.StatusAccepted, "")
+	sink, err := serve.NewSink(rec.srv.URL, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+	h := http.Header{"Traceparent": {parent}}
+	ctx := tracing.FromHTTP(t.Context(), h)
+	if err := sink.Send(ctx, sinkEvent(t, "evt-traced")); err != nil {
+		t.Fatal(err)
+	}
+	if err := sink.Send(ctx, sinkEvent(t, "evt-traced-too")); err != nil {
+		t.Fatal(err)
+	}
+	if err := sink.Send(t.Context(), sinkEvent(t, "evt-untraced")); err != nil {
+		t.Fatal(err)
+	}
+	got := rec.receivedHeaders()
+	if len(got) != 3 {
+		t.Fatalf("%d requests, want 3", len(got))
+	}
+	for i, want := range []string{parent, parent, ""} {
+		if tp := got[i].Get("Traceparent"); tp != want {
+			t.Errorf("send %d: traceparent %q, want %q", i, tp, want)
+		}
+	}
+	if ids := got[1].Values("Ce-Id"); len(ids) != 1 || ids[0] != "evt-traced-too" {
+		t.Errorf("second send's Ce-Id %q, want its own alone", ids)
+	}
+}
+
+// TestSinkPercentEncodesAttributes: attribute values go out as binding
+// §3.1.3.2 says, percent-encoded, and arrive intact.
+func TestSinkPercentEncodesAttributes(t *testing.T) {
+	rec := newRecordingSink(t, http.StatusAccepted, "")
+	sink, err := serve.NewSink(rec.srv.URL, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := sinkEvent(t, "evt-encoded")
+	e.SetSubject("café 100%")
+	if err := sink.Send(t.Context(), e); err != nil {
+		t.Fatal(err)
+	}
+	if got := rec.receivedHeaders()[0].Get("Ce-Subject"); got != "caf%C3%A9%20100%25" {
+		t.Errorf("Ce-Subject %q, want it percent-encoded", got)
 	}
 }
 
