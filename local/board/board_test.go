@@ -17,8 +17,13 @@ import (
 	"github.com/koffeeshop/koffeeshop/local/board"
 )
 
-func newBoard() *board.Board {
-	return board.New(board.Deps{Log: slog.New(slog.DiscardHandler)})
+func newBoard(t *testing.T) *board.Board {
+	t.Helper()
+	b, err := board.New(board.Deps{Log: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }
 
 // feed applies e to the board as its Follow does.
@@ -68,7 +73,7 @@ func snapshot(t *testing.T, b *board.Board) []board.Order {
 // reaches the board only through order.failed, at the failed stage, with
 // the reason; it is counted as failed.
 func TestFailedOrderShowsItsReason(t *testing.T) {
-	b := newBoard()
+	b := newBoard(t)
 	placed := event(t, "p-1", coffee.TypeOrderPlaced, "text/plain", []byte("latte"))
 	feed(t, b, placed)
 	if got := snapshot(t, b); len(got) != 0 {
@@ -96,7 +101,7 @@ func TestFailedOrderShowsItsReason(t *testing.T) {
 // TestTerminalStagesStay: an order does not move back, and an order that
 // ended (notified, rejected, failed) does not change how it ended.
 func TestTerminalStagesStay(t *testing.T) {
-	b := newBoard()
+	b := newBoard(t)
 	order := func(id string) coffee.Ready {
 		return coffee.Ready{OrderID: id, Customer: "ada", Beverage: "latte", Barista: "b-1"}
 	}
@@ -129,7 +134,7 @@ func TestTerminalStagesStay(t *testing.T) {
 // TestOrdersAreBounded: the board keeps the MaxOrders most recently
 // updated orders; an old order that moves on is recent again.
 func TestOrdersAreBounded(t *testing.T) {
-	b := newBoard()
+	b := newBoard(t)
 	const extra = 50
 	id := func(i int) string { return fmt.Sprintf("o-%04d", i) }
 	accepted := func(i int) cloudevents.Event {

@@ -64,6 +64,6 @@ func (b *Board) Follow(ctx context.Context, js jetstream.JetStream, ref broker.R
 		if err != nil {
 			continue
 		}
-		b.Apply(ev, meta.Timestamp)
+		b.orders.Apply(ev, meta.Timestamp)
 	}
 }

@@ -48,7 +48,7 @@ func TestFollowReadsTheStreamAndRebuildsAfterARestart(t *testing.T) {
 		}
 	}
 	follow := func() (*board.Board, func()) {
-		b := newBoard()
+		b := newBoard(t)
 		ctx, cancel := context.WithCancel(t.Context())
 		done := make(chan error, 1)
 		go func() { done <- b.Follow(ctx, js, ref) }()

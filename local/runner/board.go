@@ -21,7 +21,7 @@ func (r *Runner) buildBoard(mux *http.ServeMux) error {
 	if p, ok := r.pools[b.Namespace+"/take-order"]; ok {
 		takeOrder = p
 	}
-	r.board = board.New(board.Deps{
+	bd, err := board.New(board.Deps{
 		Publisher: r.store,
 		Broker:    ref,
 		TakeOrder: takeOrder,
@@ -50,6 +50,10 @@ func (r *Runner) buildBoard(mux *http.ServeMux) error {
 		},
 		Log: r.log.With("component", "board"),
 	})
+	if err != nil {
+		return err
+	}
+	r.board = bd
 	for _, pattern := range board.Routes() {
 		var h http.Handler = r.board
 		if r.opts.IngressToken != "" && strings.HasPrefix(pattern, http.MethodPost+" ") {
