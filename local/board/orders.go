@@ -149,8 +149,9 @@ func (p *Orders) Counts() map[string]int {
 }
 
 // View calls fn with every order kept, oldest first, while no order can
-// move on: what fn starts listening to changed (a browser's stream) begins
-// exactly where the view ends, missing no change and seeing none twice.
+// move on: a listener to the changes that fn starts (a browser's stream)
+// begins exactly where the view ends, missing no change and seeing none
+// twice.
 func (p *Orders) View(fn func([]Order)) {
 	p.mu.Lock()
 	defer p.mu.Unlock()

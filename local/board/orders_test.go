@@ -31,8 +31,8 @@ func TestOrdersKeepTheirBound(t *testing.T) {
 	apply(coffee.TypeOrderAccepted, "o-2")     // would move o-2 back: no change
 
 	var kept []string
-	orders.View(func(os []board.Order) {
-		for _, o := range os {
+	orders.View(func(all []board.Order) {
+		for _, o := range all {
 			kept = append(kept, o.OrderID+" "+o.Stage)
 		}
 	})
