@@ -20,8 +20,8 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/koffeeshop/koffeeshop/broker"
-	"github.com/koffeeshop/koffeeshop/config"
 	"github.com/koffeeshop/koffeeshop/functions/serve"
+	"github.com/koffeeshop/koffeeshop/local/manifest"
 	"github.com/koffeeshop/koffeeshop/local/runner"
 )
 
@@ -171,7 +171,7 @@ type shop struct {
 func (b *bench) startShop(ctx context.Context, configDir string) (*shop, error) {
 	var only []string
 	if !b.opts.board {
-		set, err := config.LoadDir(ctx, configDir)
+		set, err := manifest.LoadDir(ctx, configDir)
 		if err != nil {
 			return nil, err
 		}
