@@ -18,6 +18,7 @@ import (
 	eventingv1 "knative.dev/eventing/pkg/apis/eventing/v1"
 
 	"github.com/koffeeshop/koffeeshop/broker"
+	"github.com/koffeeshop/koffeeshop/functions/coffee"
 	"github.com/koffeeshop/koffeeshop/local/loadgen"
 	"github.com/koffeeshop/koffeeshop/local/manifest"
 	"github.com/koffeeshop/koffeeshop/triggers"
@@ -173,7 +174,7 @@ spec:
       type: %[3]s
   subscriber:
     uri: %[4]s
-`, ref.Name, ref.Namespace, orderPlaced, sub)
+`, ref.Name, ref.Namespace, coffee.TypeOrderPlaced, sub)
 	set, err := manifest.Parse(ctx, strings.NewReader(doc), "dispatch-trigger")
 	if err != nil {
 		return nil, err
@@ -240,7 +241,7 @@ func newOrderEvent(id string) cloudevents.Event {
 	ev := cloudevents.NewEvent()
 	ev.SetID(id)
 	ev.SetSource("/bench")
-	ev.SetType(orderPlaced)
+	ev.SetType(coffee.TypeOrderPlaced)
 	_ = ev.SetData(cloudevents.ApplicationJSON, []byte(order("c-"+id)))
 	return ev
 }
