@@ -127,9 +127,9 @@ IMAGES         ?= $(BIN)/images
 # ko load into kind or a Docker engine, so those fall back to dev.local.
 DRY_RUN_REPO   ?= $(if $(filter kind.local% ko.local%,$(KO_DOCKER_REPO)),dev.local/koffeeshop,$(KO_DOCKER_REPO))
 
-# ko with the koffeeshop base image (config/kobase), served from $(KOCACHE):
+# ko with the koffeeshop base image (local/cmd/kobase), served from $(KOCACHE):
 # no registry is contacted for it.
-KO_RUN = base=$$($(GO) run ./config/kobase -kocache $(KOCACHE)) && \
+KO_RUN = base=$$($(GO) run ./local/cmd/kobase -kocache $(KOCACHE)) && \
 	KOCACHE=$(KOCACHE) KO_DEFAULTBASEIMAGE=$$base
 
 ## ko: install ko $(KO_VERSION) into $(BIN)/ with go install, unless it is there

@@ -14,6 +14,7 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+	"unicode"
 
 	"github.com/koffeeshop/koffeeshop/broker/tracing"
 	"github.com/koffeeshop/koffeeshop/local/cli"
@@ -93,7 +94,7 @@ func run() int {
 		NATSPort:     *natsPort,
 		Output:       os.Stderr,
 		MaxBodyBytes: *maxBody,
-		Only:         splitList(*only),
+		Only:         strings.FieldsFunc(*only, func(r rune) bool { return r == ',' || unicode.IsSpace(r) }),
 		Name:         *name,
 		IngressToken: *token,
 		NATSCreds:    *creds,
@@ -120,14 +121,4 @@ func run() int {
 		return 1
 	}
 	return 0
-}
-
-func splitList(s string) []string {
-	var out []string
-	for _, v := range strings.Split(s, ",") {
-		if v = strings.TrimSpace(v); v != "" {
-			out = append(out, v)
-		}
-	}
-	return out
 }

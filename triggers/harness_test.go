@@ -23,7 +23,7 @@ import (
 	"knative.dev/eventing/pkg/apis/feature"
 
 	"github.com/koffeeshop/koffeeshop/broker"
-	"github.com/koffeeshop/koffeeshop/config"
+	"github.com/koffeeshop/koffeeshop/local/manifest"
 	"github.com/koffeeshop/koffeeshop/local/natsd"
 	"github.com/koffeeshop/koffeeshop/triggers"
 )
@@ -94,7 +94,7 @@ spec:
 	if err != nil {
 		h.t.Fatal(err)
 	}
-	set, err := config.Parse(feature.ToContext(context.Background(), flags), strings.NewReader(doc), h.t.Name())
+	set, err := manifest.Parse(feature.ToContext(context.Background(), flags), strings.NewReader(doc), h.t.Name())
 	if err != nil {
 		h.t.Fatalf("manifests do not validate: %v\n%s", err, doc)
 	}

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/koffeeshop/koffeeshop/functions/coffee"
 	"github.com/koffeeshop/koffeeshop/local/loadgen"
 	"github.com/koffeeshop/koffeeshop/local/supervisor"
 )
@@ -41,12 +42,12 @@ func (b *bench) coldStart(ctx context.Context) ([]Metric, error) {
 		return nil, err
 	}
 	defer s.stop()
-	w, err := watch(s.NATSURL(), orderAccepted)
+	w, err := watch(s.NATSURL(), coffee.TypeOrderAccepted)
 	if err != nil {
 		return nil, err
 	}
 	defer w.close()
-	done, err := watch(s.NATSURL(), customerNotified)
+	done, err := watch(s.NATSURL(), coffee.TypeCustomerNotified)
 	if err != nil {
 		return nil, err
 	}

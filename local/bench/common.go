@@ -20,15 +20,10 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/koffeeshop/koffeeshop/broker"
-	"github.com/koffeeshop/koffeeshop/config"
+	"github.com/koffeeshop/koffeeshop/functions/coffee"
 	"github.com/koffeeshop/koffeeshop/functions/serve"
+	"github.com/koffeeshop/koffeeshop/local/manifest"
 	"github.com/koffeeshop/koffeeshop/local/runner"
-)
-
-const (
-	orderPlaced      = "com.koffeeshop.order.placed"
-	orderAccepted    = "com.koffeeshop.order.accepted"
-	customerNotified = "com.koffeeshop.customer.notified"
 )
 
 var defaultBroker = broker.Ref{Namespace: "default", Name: "default"}
@@ -45,14 +40,7 @@ func serveCounting(h http.Handler, conns *atomic.Int64) (url string, stop func()
 	if err != nil {
 		return "", nil, fmt.Errorf("listen: %w", err)
 	}
-	srv := &http.Server{
-		Handler:           h,
-		ReadHeaderTimeout: 10 * time.Second,
-		ReadTimeout:       30 * time.Second,
-		WriteTimeout:      30 * time.Second,
-		IdleTimeout:       2 * time.Minute,
-		MaxHeaderBytes:    64 << 10,
-	}
+	srv := broker.NewServer(h, broker.ServerOptions{})
 	if conns != nil {
 		srv.ConnState = func(_ net.Conn, st http.ConnState) {
 			if st == http.StateNew {
@@ -171,7 +159,7 @@ type shop struct {
 func (b *bench) startShop(ctx context.Context, configDir string) (*shop, error) {
 	var only []string
 	if !b.opts.board {
-		set, err := config.LoadDir(ctx, configDir)
+		set, err := manifest.LoadDir(ctx, configDir)
 		if err != nil {
 			return nil, err
 		}
@@ -302,7 +290,7 @@ func (w *watcher) close() { w.nc.Close() }
 // placeAndWait places an order for customer and waits for its event.
 func placeAndWait(ctx context.Context, c *http.Client, w *watcher, url, customer string) error {
 	arrived := w.expect(customer)
-	if err := postEvent(ctx, c, url, "/bench", customer, orderPlaced, order(customer)); err != nil {
+	if err := postEvent(ctx, c, url, "/bench", customer, coffee.TypeOrderPlaced, order(customer)); err != nil {
 		w.forget(customer)
 		return err
 	}

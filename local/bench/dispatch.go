@@ -18,8 +18,9 @@ import (
 	eventingv1 "knative.dev/eventing/pkg/apis/eventing/v1"
 
 	"github.com/koffeeshop/koffeeshop/broker"
-	"github.com/koffeeshop/koffeeshop/config"
+	"github.com/koffeeshop/koffeeshop/functions/coffee"
 	"github.com/koffeeshop/koffeeshop/local/loadgen"
+	"github.com/koffeeshop/koffeeshop/local/manifest"
 	"github.com/koffeeshop/koffeeshop/triggers"
 )
 
@@ -42,7 +43,7 @@ func (b *bench) dispatch(ctx context.Context) ([]Metric, error) {
 	if err != nil {
 		return nil, err
 	}
-	set, err := config.LoadDir(ctx, b.opts.configDir)
+	set, err := manifest.LoadDir(ctx, b.opts.configDir)
 	if err != nil {
 		return nil, err
 	}
@@ -152,7 +153,7 @@ func (b *bench) dispatch(ctx context.Context) ([]Metric, error) {
 }
 
 // parseTrigger reads a Trigger for order.placed events to sub through the
-// config package, with Knative's defaults and validation.
+// manifest package, with Knative's defaults and validation.
 func parseTrigger(ctx context.Context, ref broker.Ref, sub string) (*eventingv1.Trigger, error) {
 	doc := fmt.Sprintf(`apiVersion: eventing.knative.dev/v1
 kind: Broker
@@ -173,8 +174,8 @@ spec:
       type: %[3]s
   subscriber:
     uri: %[4]s
-`, ref.Name, ref.Namespace, orderPlaced, sub)
-	set, err := config.Parse(ctx, strings.NewReader(doc), "dispatch-trigger")
+`, ref.Name, ref.Namespace, coffee.TypeOrderPlaced, sub)
+	set, err := manifest.Parse(ctx, strings.NewReader(doc), "dispatch-trigger")
 	if err != nil {
 		return nil, err
 	}
@@ -240,7 +241,7 @@ func newOrderEvent(id string) cloudevents.Event {
 	ev := cloudevents.NewEvent()
 	ev.SetID(id)
 	ev.SetSource("/bench")
-	ev.SetType(orderPlaced)
+	ev.SetType(coffee.TypeOrderPlaced)
 	_ = ev.SetData(cloudevents.ApplicationJSON, []byte(order("c-"+id)))
 	return ev
 }

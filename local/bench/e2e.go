@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/koffeeshop/koffeeshop/functions/coffee"
 	"github.com/koffeeshop/koffeeshop/local/loadgen"
 )
 
@@ -19,7 +20,7 @@ func (b *bench) endToEnd(ctx context.Context) ([]Metric, error) {
 		return nil, err
 	}
 	defer s.stop()
-	w, err := watch(s.NATSURL(), customerNotified)
+	w, err := watch(s.NATSURL(), coffee.TypeCustomerNotified)
 	if err != nil {
 		return nil, err
 	}

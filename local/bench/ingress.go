@@ -10,6 +10,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/koffeeshop/koffeeshop/functions/coffee"
 	"github.com/koffeeshop/koffeeshop/local/loadgen"
 )
 
@@ -54,7 +55,7 @@ func (b *bench) ingress(ctx context.Context) ([]Metric, error) {
 		client := newClient(conc)
 		return func(ctx context.Context, i int) error {
 			id := round + "-" + itoa(i)
-			return postEvent(ctx, client, url, "/bench", id, orderPlaced, order("c-"+itoa(i)))
+			return postEvent(ctx, client, url, "/bench", id, coffee.TypeOrderPlaced, order("c-"+itoa(i)))
 		}
 	}
 	load := loadgen.Config{Count: b.opts.IngressCount, Duration: b.opts.Limit, Concurrency: conc}
@@ -66,7 +67,7 @@ func (b *bench) ingress(ctx context.Context) ([]Metric, error) {
 	}
 	// The raw publishes store what the ingress stores: the same bytes and
 	// headers, on the same subject, each with its own Nats-Msg-Id.
-	stored, err := stream.GetLastMsgForSubject(ctx, defaultBroker.TypeSubject(orderPlaced))
+	stored, err := stream.GetLastMsgForSubject(ctx, defaultBroker.TypeSubject(coffee.TypeOrderPlaced))
 	if err != nil {
 		return nil, fmt.Errorf("read a stored event: %w", err)
 	}

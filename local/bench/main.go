@@ -25,6 +25,7 @@ import (
 	"strings"
 	"syscall"
 	"time"
+	"unicode"
 )
 
 // Settings are the knobs of a run, recorded with its results.
@@ -81,7 +82,7 @@ func run() int {
 	flag.IntVar(&o.ColdRounds, "cold-rounds", 5, "cold starts measured")
 	flag.DurationVar(&o.Limit, "limit", 30*time.Second, "time limit of any one load run")
 	flag.Parse()
-	o.only = splitList(only)
+	o.only = strings.FieldsFunc(only, func(r rune) bool { return r == ',' || unicode.IsSpace(r) })
 	if o.Rounds < 1 || o.IngressCount < 1 || o.E2ESaturationCount < 0 || o.DispatchCount < 1 || o.E2ERate <= 0 || o.E2EDuration <= 0 || o.ColdRounds < 1 {
 		fmt.Fprintln(os.Stderr, "bench: rounds, counts, rate and durations must be positive")
 		return 2
@@ -202,14 +203,4 @@ func (b *bench) profiled(part string, f func() error) func() error {
 		pprof.StopCPUProfile()
 		return errors.Join(ferr, fh.Close())
 	}
-}
-
-func splitList(s string) []string {
-	var out []string
-	for v := range strings.SplitSeq(s, ",") {
-		if v = strings.TrimSpace(v); v != "" {
-			out = append(out, v)
-		}
-	}
-	return out
 }

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 
+	"github.com/koffeeshop/koffeeshop/functions/coffee"
 	"github.com/koffeeshop/koffeeshop/local/loadgen"
 )
 
@@ -60,7 +61,7 @@ func (b *bench) saturatedWith(ctx context.Context, otel map[string]string, prefi
 		return 0, err
 	}
 	defer s.stop()
-	w, err := watch(s.NATSURL(), customerNotified)
+	w, err := watch(s.NATSURL(), coffee.TypeCustomerNotified)
 	if err != nil {
 		return 0, err
 	}

@@ -7,7 +7,7 @@ import (
 	"os/exec"
 	"strings"
 
-	"github.com/koffeeshop/koffeeshop/config"
+	"github.com/koffeeshop/koffeeshop/local/manifest"
 )
 
 // Build compiles the ko:// images of the Services in the config dirs into
@@ -21,7 +21,7 @@ func Build(ctx context.Context, configDirs []string, binDir string) error {
 }
 
 // Images lists the import paths of the ko:// images in set.
-func Images(set *config.Set) []string {
+func Images(set *manifest.Set) []string {
 	var pkgs []string
 	for _, svc := range set.Services {
 		for _, c := range svc.Spec.Template.Spec.Containers {

@@ -6,7 +6,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/koffeeshop/koffeeshop/config"
+	"github.com/koffeeshop/koffeeshop/local/manifest"
 	"github.com/koffeeshop/koffeeshop/local/supervisor"
 	"github.com/koffeeshop/koffeeshop/triggers"
 )
@@ -15,7 +15,7 @@ import (
 // config (its supervisor) or a URI; the delivery concurrency follows the
 // Service's containerConcurrency × max-scale unless the Trigger says.
 func TestDestinationsResolve(t *testing.T) {
-	set, err := config.Parse(context.Background(), strings.NewReader(`
+	set, err := manifest.Parse(context.Background(), strings.NewReader(`
 apiVersion: eventing.knative.dev/v1
 kind: Broker
 metadata: {name: default, annotations: {eventing.knative.dev/broker.class: MTChannelBasedBroker}}

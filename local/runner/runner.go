@@ -34,9 +34,9 @@ import (
 
 	"github.com/koffeeshop/koffeeshop/broker"
 	"github.com/koffeeshop/koffeeshop/broker/tracing"
-	"github.com/koffeeshop/koffeeshop/config"
 	"github.com/koffeeshop/koffeeshop/functions/serve"
 	"github.com/koffeeshop/koffeeshop/local/board"
+	"github.com/koffeeshop/koffeeshop/local/manifest"
 	"github.com/koffeeshop/koffeeshop/local/natsd"
 	"github.com/koffeeshop/koffeeshop/local/supervisor"
 	"github.com/koffeeshop/koffeeshop/local/traces"
@@ -89,7 +89,7 @@ type Options struct {
 type Runner struct {
 	opts    Options
 	log     *slog.Logger
-	set     *config.Set
+	set     *manifest.Set
 	natsSrv *natsd.Server
 	nc      *nats.Conn
 	js      jetstream.JetStream
@@ -209,11 +209,11 @@ func (r *Runner) ensureStream(ctx context.Context, b *eventingv1.Broker) error {
 	return nil
 }
 
-func loadConfig(ctx context.Context, dirs []string) (*config.Set, error) {
+func loadConfig(ctx context.Context, dirs []string) (*manifest.Set, error) {
 	if len(dirs) == 0 {
 		dirs = []string{"config"}
 	}
-	set, err := config.LoadDir(ctx, dirs...)
+	set, err := manifest.LoadDir(ctx, dirs...)
 	if err != nil {
 		return nil, err
 	}
@@ -325,7 +325,7 @@ func (r *Runner) deadLetterServices() map[string]bool {
 		if ref := t.Spec.Subscriber.Ref; ref == nil || !r.runs(ref.Name) {
 			continue
 		}
-		d := triggers.EffectiveDelivery(t, r.set.Broker(t.Namespace, config.TriggerBroker(t)))
+		d := triggers.EffectiveDelivery(t, r.set.Broker(t.Namespace, manifest.TriggerBroker(t)))
 		if d == nil || d.DeadLetterSink == nil || d.DeadLetterSink.Ref == nil {
 			continue
 		}
@@ -423,7 +423,7 @@ func (r *Runner) buildDispatchers(ctx context.Context) error {
 		if ref := t.Spec.Subscriber.Ref; len(r.opts.Only) > 0 && (ref == nil || !r.runs(ref.Name)) {
 			continue
 		}
-		b := r.set.Broker(t.Namespace, config.TriggerBroker(t))
+		b := r.set.Broker(t.Namespace, manifest.TriggerBroker(t))
 		sub, err := r.endpoint(t.Namespace, t.Spec.Subscriber)
 		if err != nil {
 			return fmt.Errorf("Trigger %s/%s: subscriber: %w", t.Namespace, t.Name, err)

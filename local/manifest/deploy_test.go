@@ -1,4 +1,4 @@
-package config_test
+package manifest_test
 
 import (
 	"bufio"
@@ -24,7 +24,7 @@ import (
 	messagingv1 "knative.dev/eventing/pkg/apis/messaging/v1"
 	"sigs.k8s.io/yaml"
 
-	"github.com/koffeeshop/koffeeshop/config"
+	"github.com/koffeeshop/koffeeshop/local/manifest"
 )
 
 // TestKoDeploysWhatTheRunnerLoads: `ko apply -f config/` reads only the files
@@ -32,7 +32,7 @@ import (
 // case. A manifest only one of them sees would make the cluster differ from
 // `make run`.
 func TestKoDeploysWhatTheRunnerLoads(t *testing.T) {
-	entries, err := os.ReadDir(".")
+	entries, err := os.ReadDir(configDir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -62,19 +62,19 @@ const channelTemplateKey = "channel-template-spec"
 
 // mtChannelBroker is the alternative Broker setup: Knative's
 // MTChannelBasedBroker on eventing-natss' JetStream channel.
-const mtChannelBroker = "alternatives/mt-channel-broker"
+const mtChannelBroker = configDir + "/alternatives/mt-channel-broker"
 
 // loadAlternative loads the function manifests of config/ with the
 // alternative Broker in place of config/broker.yaml, as its README applies
 // them.
-func loadAlternative(t *testing.T) *config.Set {
+func loadAlternative(t *testing.T) *manifest.Set {
 	t.Helper()
 	paths, err := filepath.Glob(filepath.Join(mtChannelBroker, "*.yaml"))
 	if err != nil || len(paths) == 0 {
 		t.Fatalf("no manifests in %s: %v", mtChannelBroker, err)
 	}
 	for _, fn := range []string{"take-order", "prepare-beverage", "notify"} {
-		paths = append(paths, fn+".yaml")
+		paths = append(paths, filepath.Join(configDir, fn+".yaml"))
 	}
 	var all bytes.Buffer
 	for _, p := range paths {
@@ -84,7 +84,7 @@ func loadAlternative(t *testing.T) *config.Set {
 		}
 		fmt.Fprintf(&all, "---\n%s\n", b)
 	}
-	set, err := config.Parse(context.Background(), &all, mtChannelBroker)
+	set, err := manifest.Parse(context.Background(), &all, mtChannelBroker)
 	if err != nil {
 		t.Fatalf("%s with the functions of config/ does not validate: %v", mtChannelBroker, err)
 	}
@@ -105,7 +105,7 @@ func TestAlternativeBrokerUsesJetStreamChannel(t *testing.T) {
 	if err := checkJetStreamBroker(set, alt); err != nil {
 		t.Errorf("Broker %s/%s: %v", alt.Namespace, alt.Name, err)
 	}
-	shipped, err := config.LoadDir(context.Background(), ".")
+	shipped, err := manifest.LoadDir(context.Background(), configDir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -118,7 +118,7 @@ func TestAlternativeBrokerUsesJetStreamChannel(t *testing.T) {
 	}
 }
 
-func checkJetStreamBroker(set *config.Set, b *eventingv1.Broker) error {
+func checkJetStreamBroker(set *manifest.Set, b *eventingv1.Broker) error {
 	if class := b.Annotations[eventing.BrokerClassKey]; class != eventing.MTChannelBrokerClassValue {
 		return fmt.Errorf("class %q, want %s", class, eventing.MTChannelBrokerClassValue)
 	}
@@ -175,7 +175,7 @@ spec:
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			doc := fmt.Sprintf(cm, tc.key, tc.apiVersion, tc.kind, tc.ns)
-			set, err := config.Parse(context.Background(), strings.NewReader(doc), tc.name)
+			set, err := manifest.Parse(context.Background(), strings.NewReader(doc), tc.name)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -274,7 +274,7 @@ func (s *clusterSet) add(raw []byte) error {
 func natsClientURLs(t *testing.T) map[string]string {
 	t.Helper()
 	urls := map[string]string{}
-	shipped, err := config.LoadDir(context.Background(), ".")
+	shipped, err := manifest.LoadDir(context.Background(), configDir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -299,7 +299,7 @@ func natsClientURLs(t *testing.T) map[string]string {
 	return urls
 }
 
-func findConfigMap(set *config.Set, ns, name string) *corev1.ConfigMap {
+func findConfigMap(set *manifest.Set, ns, name string) *corev1.ConfigMap {
 	i := slices.IndexFunc(set.ConfigMaps, func(cm *corev1.ConfigMap) bool { return cm.Namespace == ns && cm.Name == name })
 	if i < 0 {
 		return nil
@@ -312,7 +312,7 @@ func findConfigMap(set *config.Set, ns, name string) *corev1.ConfigMap {
 // client port, whose pods are a StatefulSet running nats-server with
 // JetStream on a persistent volume.
 func TestClusterManifests(t *testing.T) {
-	s, err := loadClusterDir("cluster")
+	s, err := loadClusterDir(filepath.Join(configDir, "cluster"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -408,7 +408,7 @@ func checkNATSServer(sts *appsv1.StatefulSet, targetPort string) error {
 
 func TestClusterManifestsFail(t *testing.T) {
 	const good = "nats://nats.nats-io.svc.cluster.local:4222"
-	nats, err := os.ReadFile(filepath.Join("cluster", "nats.yaml"))
+	nats, err := os.ReadFile(filepath.Join(configDir, "cluster", "nats.yaml"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -30,7 +30,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	servingv1 "knative.dev/serving/pkg/apis/serving/v1"
 
-	"github.com/koffeeshop/koffeeshop/config"
+	"github.com/koffeeshop/koffeeshop/local/manifest"
 )
 
 // functions are the function Services of config/, one image each.
@@ -52,13 +52,13 @@ func TestImages(t *testing.T) {
 	if _, err := exec.LookPath("make"); err != nil {
 		t.Skip("make is not installed")
 	}
-	root, err := filepath.Abs(filepath.Join("..", ".."))
+	root, err := filepath.Abs(filepath.Join("..", "..", ".."))
 	if err != nil {
 		t.Fatal(err)
 	}
 	// The Deployments as config/ names their images (ko://<package>),
 	// before ko resolves them.
-	unresolved, err := config.LoadDir(context.Background(), filepath.Join(root, "config"))
+	unresolved, err := manifest.LoadDir(context.Background(), filepath.Join(root, "config"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -81,7 +81,7 @@ func TestImages(t *testing.T) {
 	if err != nil {
 		t.Fatalf("make deploy-dry-run: %v\n%s", err, resolved)
 	}
-	set, err := config.Parse(context.Background(), bytes.NewReader(resolved), "make deploy-dry-run")
+	set, err := manifest.Parse(context.Background(), bytes.NewReader(resolved), "make deploy-dry-run")
 	if err != nil {
 		t.Fatalf("resolved manifests do not validate: %v", err)
 	}
@@ -107,7 +107,7 @@ func TestImages(t *testing.T) {
 	}
 
 	for _, fn := range functions {
-		svc := set.Service(config.DefaultNamespace, fn)
+		svc := set.Service(manifest.DefaultNamespace, fn)
 		if svc == nil {
 			t.Errorf("no Service %s in the resolved manifests", fn)
 			continue

@@ -1,4 +1,4 @@
-package config_test
+package manifest_test
 
 import (
 	"context"
@@ -7,13 +7,20 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/koffeeshop/koffeeshop/config"
+	"github.com/koffeeshop/koffeeshop/local/manifest"
+)
+
+// The repository's root and its config/, the manifests these tests check:
+// `go test` runs in this package's directory.
+const (
+	repoRoot  = "../.."
+	configDir = repoRoot + "/config"
 )
 
 // TestShippedManifests loads config/ exactly as the local runner and
 // `ko apply -f config/` see it, and requires Knative's own validation to pass.
 func TestShippedManifests(t *testing.T) {
-	set, err := config.LoadDir(context.Background(), ".")
+	set, err := manifest.LoadDir(context.Background(), configDir)
 	if err != nil {
 		t.Fatalf("config/ does not validate: %v", err)
 	}
@@ -22,7 +29,7 @@ func TestShippedManifests(t *testing.T) {
 	}
 	functions := []string{"take-order", "prepare-beverage", "notify"}
 	for _, fn := range functions {
-		svc := set.Service(config.DefaultNamespace, fn)
+		svc := set.Service(manifest.DefaultNamespace, fn)
 		if svc == nil {
 			t.Fatalf("no Service %q", fn)
 		}
@@ -47,11 +54,11 @@ func TestShippedManifests(t *testing.T) {
 // path, and no shipped Trigger opts out with a delivery of its own that
 // lacks a sink (a Trigger's delivery replaces the Broker's as a whole).
 func TestShippedDeadLetterSink(t *testing.T) {
-	set, err := config.LoadDir(context.Background(), ".")
+	set, err := manifest.LoadDir(context.Background(), configDir)
 	if err != nil {
 		t.Fatalf("config/ does not validate: %v", err)
 	}
-	b := set.Broker(config.DefaultNamespace, "default")
+	b := set.Broker(manifest.DefaultNamespace, "default")
 	if b == nil || b.Spec.Delivery == nil || b.Spec.Delivery.DeadLetterSink == nil {
 		t.Fatal("the Broker default has no spec.delivery.deadLetterSink")
 	}
@@ -94,7 +101,7 @@ spec:
           image: ko://example.com/c
           ports: [{name: health, containerPort: 8080}]
           readinessProbe: {httpGet: {path: /, port: health}}`
-	if _, err := config.Parse(context.Background(), strings.NewReader(deployment), "deployment"); err != nil {
+	if _, err := manifest.Parse(context.Background(), strings.NewReader(deployment), "deployment"); err != nil {
 		t.Fatalf("the base Deployment does not validate: %v", err)
 	}
 	cases := []struct {
@@ -256,7 +263,7 @@ spec: {broker: default, subscriber: {uri: "http://127.0.0.1:1/"}}
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := config.Parse(context.Background(), strings.NewReader(tc.yaml), tc.name)
+			_, err := manifest.Parse(context.Background(), strings.NewReader(tc.yaml), tc.name)
 			if err == nil {
 				t.Fatalf("want an error containing %q, got none", tc.want)
 			}
@@ -268,7 +275,7 @@ spec: {broker: default, subscriber: {uri: "http://127.0.0.1:1/"}}
 }
 
 func TestValidSetDefaultsNamespace(t *testing.T) {
-	set, err := config.Parse(context.Background(), strings.NewReader(`
+	set, err := manifest.Parse(context.Background(), strings.NewReader(`
 apiVersion: eventing.knative.dev/v1
 kind: Broker
 metadata:
@@ -285,10 +292,10 @@ spec:
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := set.Triggers[0].Namespace; got != config.DefaultNamespace {
-		t.Fatalf("namespace = %q, want %q", got, config.DefaultNamespace)
+	if got := set.Triggers[0].Namespace; got != manifest.DefaultNamespace {
+		t.Fatalf("namespace = %q, want %q", got, manifest.DefaultNamespace)
 	}
-	if set.Broker(config.DefaultNamespace, "b") == nil {
+	if set.Broker(manifest.DefaultNamespace, "b") == nil {
 		t.Fatal("broker b not found")
 	}
 }
@@ -298,13 +305,13 @@ spec:
 // prepare-beverage's progress events go there), and a binding to a Broker
 // that is not in config is refused.
 func TestShippedSinkBinding(t *testing.T) {
-	set, err := config.LoadDir(context.Background(), ".")
+	set, err := manifest.LoadDir(context.Background(), configDir)
 	if err != nil {
 		t.Fatalf("config/ does not validate: %v", err)
 	}
 	for _, svc := range set.Services {
 		ns, name, ok := set.SinkFor(svc)
-		if !ok || ns != config.DefaultNamespace || name != "default" {
+		if !ok || ns != manifest.DefaultNamespace || name != "default" {
 			t.Errorf("Service %s: K_SINK is bound to %q/%q (%v), want the Broker default/default", svc.Name, ns, name, ok)
 		}
 	}
@@ -318,14 +325,14 @@ func TestShippedSinkBinding(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "sinkbinding.yaml"), []byte(bad), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := config.LoadDir(context.Background(), dir); err == nil || !strings.Contains(err.Error(), "nowhere") {
+	if _, err := manifest.LoadDir(context.Background(), dir); err == nil || !strings.Contains(err.Error(), "nowhere") {
 		t.Fatalf("a SinkBinding to a missing Broker: %v", err)
 	}
 }
 
 func mustRead(t *testing.T, name string) string {
 	t.Helper()
-	b, err := os.ReadFile(name)
+	b, err := os.ReadFile(filepath.Join(configDir, name))
 	if err != nil {
 		t.Fatal(err)
 	}

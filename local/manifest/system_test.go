@@ -1,4 +1,4 @@
-package config_test
+package manifest_test
 
 import (
 	"bufio"
@@ -26,7 +26,7 @@ import (
 
 	"github.com/koffeeshop/koffeeshop/broker"
 	brokerreconciler "github.com/koffeeshop/koffeeshop/broker/reconciler"
-	"github.com/koffeeshop/koffeeshop/config"
+	"github.com/koffeeshop/koffeeshop/local/manifest"
 )
 
 // systemNamespace is where the Broker class's processes run.
@@ -40,16 +40,16 @@ var components = map[string]string{
 	"koffeeshop-trigger-dispatcher": "ko://github.com/koffeeshop/koffeeshop/triggers/cmd/dispatcher",
 }
 
-func loadShipped(t *testing.T) *config.Set {
+func loadShipped(t *testing.T) *manifest.Set {
 	t.Helper()
-	set, err := config.LoadDir(context.Background(), ".")
+	set, err := manifest.LoadDir(context.Background(), configDir)
 	if err != nil {
 		t.Fatalf("config/ does not validate: %v", err)
 	}
 	return set
 }
 
-func deployment(set *config.Set, ns, name string) *appsv1.Deployment {
+func deployment(set *manifest.Set, ns, name string) *appsv1.Deployment {
 	for _, d := range set.Cluster.Deployments {
 		if d.Namespace == ns && d.Name == name {
 			return d
@@ -273,7 +273,7 @@ func TestRBACIsLeastPrivilege(t *testing.T) {
 // "<scope> <group>/<resource>", with sorted verbs. A binding to a role not
 // in the set, a wildcard, a resourceNames restriction or a non-resource URL
 // is an error: the table could not say what it grants.
-func grants(set *config.Set) (map[string]map[string][]string, error) {
+func grants(set *manifest.Set) (map[string]map[string][]string, error) {
 	out := map[string]map[string][]string{}
 	add := func(subjects []rbacv1.Subject, bindingNS, scope string, rules []rbacv1.PolicyRule) error {
 		for _, s := range subjects {
@@ -370,7 +370,7 @@ subjects: [{kind: ServiceAccount, name: s, namespace: default}]
 			if tc.role != "" {
 				doc += "---\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata: {name: r}\n" + tc.role + "\n"
 			}
-			set, err := config.Parse(context.Background(), strings.NewReader(doc), tc.name)
+			set, err := manifest.Parse(context.Background(), strings.NewReader(doc), tc.name)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -421,7 +421,7 @@ func TestServiceAccountsExist(t *testing.T) {
 // module, which is what ko and the runner's -build can build.
 func TestKoImagesAreMainPackages(t *testing.T) {
 	set := loadShipped(t)
-	module, err := modulePath(filepath.Join("..", "go.mod"))
+	module, err := modulePath(filepath.Join(repoRoot, "go.mod"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -440,7 +440,7 @@ func TestKoImagesAreMainPackages(t *testing.T) {
 		t.Fatal("no images in config/")
 	}
 	for _, img := range images {
-		if err := checkKoImage(module, "..", img); err != nil {
+		if err := checkKoImage(module, repoRoot, img); err != nil {
 			t.Error(err)
 		}
 	}
@@ -477,7 +477,7 @@ func TestCheckKoImageFails(t *testing.T) {
 		{"ko://github.com/koffeeshop/koffeeshop/broker", "not a main package"},
 		{"ko://github.com/koffeeshop/koffeeshop/functions/notify", ""},
 	} {
-		err := checkKoImage(module, "..", tc.image)
+		err := checkKoImage(module, repoRoot, tc.image)
 		if tc.want == "" {
 			if err != nil {
 				t.Errorf("%s: %v", tc.image, err)
@@ -531,7 +531,7 @@ func TestDeploymentsAreLockedDown(t *testing.T) {
 	}
 }
 
-func checkLockedDown(set *config.Set, d *appsv1.Deployment) error {
+func checkLockedDown(set *manifest.Set, d *appsv1.Deployment) error {
 	var errs []error
 	fail := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
 	ps := d.Spec.Template.Spec
@@ -829,7 +829,7 @@ func TestIngressTokenComesFromAnOptionalSecret(t *testing.T) {
 // after its Namespace; the other objects are in default, which every
 // cluster has.
 func TestApplyOrder(t *testing.T) {
-	paths, err := filepath.Glob("*.yaml")
+	paths, err := filepath.Glob(filepath.Join(configDir, "*.yaml"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -846,7 +846,7 @@ func TestApplyOrder(t *testing.T) {
 				created = true
 			case doc.Metadata.Namespace == systemNamespace && !created:
 				t.Errorf("%s: document %d, %s %s, comes before the Namespace %s", p, i+1, doc.Kind, doc.Metadata.Name, systemNamespace)
-			case doc.Metadata.Namespace != "" && doc.Metadata.Namespace != systemNamespace && doc.Metadata.Namespace != config.DefaultNamespace:
+			case doc.Metadata.Namespace != "" && doc.Metadata.Namespace != systemNamespace && doc.Metadata.Namespace != manifest.DefaultNamespace:
 				t.Errorf("%s: document %d, %s %s, is in namespace %s, which config/ does not create", p, i+1, doc.Kind, doc.Metadata.Name, doc.Metadata.Namespace)
 			}
 		}

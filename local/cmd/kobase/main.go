@@ -3,7 +3,7 @@
 // layout) so that ko finds it there by digest and never contacts a registry.
 // It prints the reference to give ko as its base:
 //
-//	KO_DEFAULTBASEIMAGE=$(go run ./config/kobase -kocache "$KOCACHE") ko build ...
+//	KO_DEFAULTBASEIMAGE=$(go run ./local/cmd/kobase -kocache "$KOCACHE") ko build ...
 //
 // The image is an OCI index with one image per platform. Each has a single
 // small layer: /etc/passwd and /etc/group with root and nonroot (65532),
@@ -121,7 +121,7 @@ func platformImage(layer v1.Layer, p v1.Platform) (v1.Image, error) {
 		MediaType: types.OCILayer,
 		History: v1.History{
 			Created:   v1.Time{Time: epoch},
-			CreatedBy: "github.com/koffeeshop/koffeeshop/config/kobase",
+			CreatedBy: "github.com/koffeeshop/koffeeshop/local/cmd/kobase",
 			Comment:   "passwd, group, /home/nonroot and /tmp",
 		},
 	})

@@ -1,10 +1,10 @@
-// Package config loads the Knative manifests in config/ with Knative's own
+// Package manifest loads the Knative manifests in config/ with Knative's own
 // API types, applies their defaults and runs their validation, exactly as the
 // Knative webhooks would before admitting them to a cluster. The Kubernetes
 // objects beside them (the control and data plane of the KoffeeshopJetStream
 // Broker class) are decoded strictly into their k8s.io/api types, checked,
 // and kept apart in Set.Cluster: the local runner does not run them.
-package config
+package manifest
 
 import (
 	"bufio"
