@@ -13,6 +13,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel/trace"
+	"k8s.io/apimachinery/pkg/types"
 	eventingduckv1 "knative.dev/eventing/pkg/apis/duck/v1"
 	eventingv1 "knative.dev/eventing/pkg/apis/eventing/v1"
 	"knative.dev/eventing/pkg/eventfilter"
@@ -74,25 +75,19 @@ type Dispatcher struct {
 
 // ConsumerName is the durable JetStream consumer of a Trigger.
 func ConsumerName(t *eventingv1.Trigger) string {
-	return "trigger_" + token(t.Namespace) + "_" + token(t.Name)
+	return broker.ConsumerName(triggerName(t))
 }
 
-func token(s string) string {
-	b := []byte(s)
-	for i, c := range b {
-		switch c {
-		case '.', '*', '>', ' ':
-			b[i] = '_'
-		}
-	}
-	return string(b)
+// triggerName is the Trigger's namespace and name.
+func triggerName(t *eventingv1.Trigger) types.NamespacedName {
+	return types.NamespacedName{Namespace: t.Namespace, Name: t.Name}
 }
 
 // New creates (or updates) the Trigger's durable consumer on the Broker's
 // stream and returns a Dispatcher ready to Run. Events published after the
 // consumer first exists are delivered to it, as with a Knative Trigger.
 func New(ctx context.Context, js jetstream.JetStream, pub broker.Publisher, client *http.Client, cfg Config, log *slog.Logger) (*Dispatcher, error) {
-	t := cfg.Trigger
+	t, name := cfg.Trigger, triggerName(cfg.Trigger)
 	cfg, policy, err := cfg.withDefaults()
 	if err != nil {
 		return nil, err
@@ -100,14 +95,14 @@ func New(ctx context.Context, js jetstream.JetStream, pub broker.Publisher, clie
 	var cons jetstream.Consumer
 	if cfg.Bind {
 		if cons, err = js.Consumer(ctx, cfg.Broker.StreamName(), ConsumerName(t)); err != nil {
-			return nil, fmt.Errorf("trigger %s/%s: bind to consumer %s: %w", t.Namespace, t.Name, ConsumerName(t), err)
+			return nil, fmt.Errorf("trigger %s: bind to consumer %s: %w", name, ConsumerName(t), err)
 		}
 	} else if cons, err = EnsureConsumer(ctx, js, cfg); err != nil {
 		return nil, err
 	}
 	filter, err := NewFilter(t)
 	if err != nil {
-		return nil, fmt.Errorf("trigger %s/%s: filters: %w", t.Namespace, t.Name, err)
+		return nil, fmt.Errorf("trigger %s: filters: %w", name, err)
 	}
 	reads, partial := filterReads(t)
 	var dead *deadLetters
@@ -115,15 +110,15 @@ func New(ctx context.Context, js jetstream.JetStream, pub broker.Publisher, clie
 		// The state of an event lives as long as the event can.
 		st, err := js.Stream(ctx, cfg.Broker.StreamName())
 		if err != nil {
-			return nil, fmt.Errorf("trigger %s/%s: stream: %w", t.Namespace, t.Name, err)
+			return nil, fmt.Errorf("trigger %s: stream: %w", name, err)
 		}
 		if dead, err = openDeadLetters(ctx, js, cfg.Broker, st.CachedInfo().Config); err != nil {
-			return nil, fmt.Errorf("trigger %s/%s: %w", t.Namespace, t.Name, err)
+			return nil, fmt.Errorf("trigger %s: %w", name, err)
 		}
 	}
 	return &Dispatcher{
 		cfg:     cfg,
-		name:    t.Namespace + "/" + t.Name,
+		name:    name.String(),
 		cons:    cons,
 		pub:     pub,
 		client:  client,
@@ -132,7 +127,7 @@ func New(ctx context.Context, js jetstream.JetStream, pub broker.Publisher, clie
 		partial: partial,
 		policy:  policy,
 		dead:    dead,
-		log:     log.With("trigger", t.Namespace+"/"+t.Name),
+		log:     log.With("trigger", name.String()),
 		stats:   &Stats{},
 		tracer:  cfg.Tracer.Tracer(tracing.Scope),
 	}, nil
