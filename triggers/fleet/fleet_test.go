@@ -444,7 +444,11 @@ func newEnv(t *testing.T) *env {
 	if _, err := broker.EnsureStream(t.Context(), js, orders, broker.StreamOptions{Storage: jetstream.MemoryStorage}); err != nil {
 		t.Fatal(err)
 	}
-	return &env{t: t, url: srv.ClientURL(), js: js, store: broker.NewStore(js, slog.New(slog.DiscardHandler), 0)}
+	store, err := broker.NewStore(nc, slog.New(slog.DiscardHandler), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &env{t: t, url: srv.ClientURL(), js: js, store: store}
 }
 
 // makeConsumer makes the Trigger's consumer as the controller does.
