@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -68,9 +69,12 @@ type Dispatcher struct {
 	partial bool
 	policy  Policy
 	dead    *deadLetters // nil without a dead-letter sink
-	log     *slog.Logger
-	stats   *Stats
-	tracer  trace.Tracer
+	deliver handler      // the steps of a delivery (pipeline)
+	// deliveries holds *delivery values for reuse.
+	deliveries sync.Pool
+	log        *slog.Logger
+	stats      *Stats
+	tracer     trace.Tracer
 }
 
 // ConsumerName is the durable JetStream consumer of a Trigger.
@@ -116,7 +120,7 @@ func New(ctx context.Context, js jetstream.JetStream, pub broker.Publisher, clie
 			return nil, fmt.Errorf("trigger %s: %w", name, err)
 		}
 	}
-	return &Dispatcher{
+	d := &Dispatcher{
 		cfg:     cfg,
 		name:    name.String(),
 		cons:    cons,
@@ -130,7 +134,9 @@ func New(ctx context.Context, js jetstream.JetStream, pub broker.Publisher, clie
 		log:     log.With("trigger", name.String()),
 		stats:   &Stats{},
 		tracer:  cfg.Tracer.Tracer(tracing.Scope),
-	}, nil
+	}
+	d.deliver = d.pipeline()
+	return d, nil
 }
 
 // Stats returns the Dispatcher's counters.
@@ -191,7 +197,10 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 		}
 		if ctx.Err() != nil {
 			// Stopping: give buffered events straight back.
-			_ = msg.Nak()
+			if err := msg.Nak(); err != nil {
+				d.log.Warn("could not hand a buffered event back; JetStream will redeliver it after AckWait",
+					append(broker.StoredIdentity(msg.Headers()), "err", err)...)
+			}
 			continue
 		}
 		pool.submit(msg)
