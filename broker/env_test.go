@@ -19,6 +19,7 @@ type testBroker struct {
 	ref     broker.Ref
 	js      jetstream.JetStream
 	stream  jetstream.Stream
+	store   *broker.Store
 }
 
 // startBroker runs an embedded JetStream and the ingress for default/default
@@ -45,8 +46,12 @@ func startBroker(tb testing.TB) *testBroker {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	in := broker.NewIngress(broker.NewStore(js, log, 0), broker.NewBrokerSet(ref), log, broker.IngressOptions{})
+	store, err := broker.NewStore(nc, log, 0)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	in := broker.NewIngress(store, broker.NewBrokerSet(ref), log, broker.IngressOptions{})
 	hs := httptest.NewServer(in)
 	tb.Cleanup(hs.Close)
-	return &testBroker{url: hs.URL, natsURL: srv.ClientURL(), ref: ref, js: js, stream: st}
+	return &testBroker{url: hs.URL, natsURL: srv.ClientURL(), ref: ref, js: js, stream: st, store: store}
 }

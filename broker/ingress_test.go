@@ -103,7 +103,7 @@ func TestTTLIsDecrementedAndExhaustedEventsDropped(t *testing.T) {
 	ev.SetSource("/test")
 	ev.SetType("com.example.t")
 	_ = kbroker.SetTTL(ev.Context, 1)
-	if _, err := broker.NewStore(env.js, slog.New(slog.DiscardHandler), 0).Publish(context.Background(), env.ref, &ev); !errors.Is(err, broker.ErrTTLExhausted) {
+	if _, err := env.store.Publish(context.Background(), env.ref, &ev); !errors.Is(err, broker.ErrTTLExhausted) {
 		t.Fatalf("Publish of an exhausted event: %v, want ErrTTLExhausted", err)
 	}
 	if lastStored(t, env).ID() != "ttl-5" {
@@ -127,7 +127,7 @@ func TestOptionsAnswersAllow(t *testing.T) {
 func TestBodyLimitIsConfigurable(t *testing.T) {
 	env := startBroker(t)
 	log := slog.New(slog.DiscardHandler)
-	small := httptest.NewServer(broker.NewIngress(broker.NewStore(env.js, log, 0), broker.NewBrokerSet(env.ref), log, broker.IngressOptions{MaxBodyBytes: 64}))
+	small := httptest.NewServer(broker.NewIngress(env.store, broker.NewBrokerSet(env.ref), log, broker.IngressOptions{MaxBodyBytes: 64}))
 	defer small.Close()
 	if resp, _ := post(t, small.URL+"/default/default", binaryHeaders("small", nil), `{"ok":true}`); resp.StatusCode != http.StatusAccepted {
 		t.Fatalf("small event: %d", resp.StatusCode)
@@ -157,7 +157,11 @@ func TestUnstorableEventGets503(t *testing.T) {
 	if _, err := broker.EnsureStream(context.Background(), js, ref, broker.StreamOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	hs := httptest.NewServer(broker.NewIngress(broker.NewStore(js, log, time.Second), broker.NewBrokerSet(ref), log, broker.IngressOptions{}))
+	store, err := broker.NewStore(nc, log, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewServer(broker.NewIngress(store, broker.NewBrokerSet(ref), log, broker.IngressOptions{}))
 	defer hs.Close()
 	url := hs.URL + "/default/default"
 
@@ -209,7 +213,11 @@ func TestEventOverNATSMaxPayloadGets413(t *testing.T) {
 		t.Fatal(err)
 	}
 	log := slog.New(slog.DiscardHandler)
-	hs := httptest.NewServer(broker.NewIngress(broker.NewStore(js, log, time.Second), broker.NewBrokerSet(ref), log, broker.IngressOptions{}))
+	store, err := broker.NewStore(nc, log, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewServer(broker.NewIngress(store, broker.NewBrokerSet(ref), log, broker.IngressOptions{}))
 	defer hs.Close()
 	resp, body := post(t, hs.URL+"/default/default", binaryHeaders("big", nil), `"`+strings.Repeat("x", 8<<10)+`"`)
 	if resp.StatusCode != http.StatusRequestEntityTooLarge || !strings.Contains(body, "NATS") {

@@ -20,7 +20,7 @@ func TestSlowHeadersAreCutOff(t *testing.T) {
 	env := startBroker(t)
 	log := slog.New(slog.DiscardHandler)
 	const limit = 500 * time.Millisecond
-	srv := broker.NewServer(broker.NewIngress(broker.NewStore(env.js, log, 0), broker.NewBrokerSet(env.ref), log, broker.IngressOptions{}),
+	srv := broker.NewServer(broker.NewIngress(env.store, broker.NewBrokerSet(env.ref), log, broker.IngressOptions{}),
 		broker.ServerOptions{ReadHeaderTimeout: limit})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

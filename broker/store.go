@@ -45,36 +45,34 @@ const DefaultPublishTimeout = 5 * time.Second
 
 // Store publishes events to the JetStream streams of the Brokers.
 type Store struct {
-	js      jetstream.JetStream
-	log     *slog.Logger
-	timeout time.Duration
-	// timed is set when js itself fails a publish whose acknowledgement
-	// takes longer than timeout (and forgets it).
-	timed bool
-	now   func() time.Time
+	// js fails a publish whose acknowledgement takes longer than the
+	// Store's timeout (and forgets it).
+	js  jetstream.JetStream
+	log *slog.Logger
+	now func() time.Time
 }
 
 // maxPendingPublishes bounds the publishes awaiting their acknowledgement;
 // past it a publish waits briefly, then fails (the ingress answers 503).
 const maxPendingPublishes = 1 << 16
 
-// NewStore returns a Store that publishes through js's connection and
-// waits at most timeout (DefaultPublishTimeout when 0) for each
-// acknowledgement.
-func NewStore(js jetstream.JetStream, log *slog.Logger, timeout time.Duration) *Store {
+// NewStore returns a Store that publishes over nc and waits at most
+// timeout (DefaultPublishTimeout when 0) for each acknowledgement.
+func NewStore(nc *nats.Conn, log *slog.Logger, timeout time.Duration) (*Store, error) {
+	if nc == nil {
+		return nil, errors.New("new store: no NATS connection")
+	}
 	if timeout <= 0 {
 		timeout = DefaultPublishTimeout
 	}
-	s := &Store{js: js, log: log, timeout: timeout, now: time.Now}
-	// A JetStream context of its own, on the same connection, whose
-	// asynchronous publishes time out.
-	if nc := js.Conn(); nc != nil {
-		if pub, err := jetstream.New(nc, jetstream.WithPublishAsyncTimeout(timeout),
-			jetstream.WithPublishAsyncMaxPending(maxPendingPublishes)); err == nil {
-			s.js, s.timed = pub, true
-		}
+	// A JetStream context of its own, whose asynchronous publishes time
+	// out: the connection's other users keep their options.
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncTimeout(timeout),
+		jetstream.WithPublishAsyncMaxPending(maxPendingPublishes))
+	if err != nil {
+		return nil, fmt.Errorf("new store: %w", err)
 	}
-	return s
+	return &Store{js: js, log: log, now: time.Now}, nil
 }
 
 // Publish stamps knativearrivaltime, applies the knativebrokerttl loop guard
@@ -120,18 +118,10 @@ func (s *Store) Publish(ctx context.Context, r Ref, e *cloudevents.Event) (Resul
 	if err != nil {
 		return Result{}, fmt.Errorf("store event %s in %s: %w", e.ID(), r.StreamName(), err)
 	}
-	var expired <-chan time.Time
-	if !s.timed {
-		t := time.NewTimer(s.timeout)
-		defer t.Stop()
-		expired = t.C
-	}
 	select {
 	case ack := <-paf.Ok():
 		return Result{Duplicate: ack.Duplicate, Sequence: ack.Sequence}, nil
 	case err = <-paf.Err():
-	case <-expired:
-		err = jetstream.ErrAsyncPublishTimeout
 	case <-ctx.Done():
 		err = ctx.Err()
 	}

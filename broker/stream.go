@@ -8,70 +8,10 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 )
-
-// Ref names a Broker.
-type Ref struct {
-	Namespace string
-	Name      string
-}
-
-func (r Ref) String() string { return r.Namespace + "/" + r.Name }
-
-// token makes a Kubernetes name usable inside a NATS subject token and a
-// stream or consumer name, which may not contain '.', '*', '>' or spaces.
-func token(s string) string {
-	if !strings.ContainsAny(s, ".*> \t\r\n") {
-		return s
-	}
-	return strings.Map(func(r rune) rune {
-		switch r {
-		case '.', '*', '>', ' ', '\t', '\r', '\n':
-			return '_'
-		}
-		return r
-	}, s)
-}
-
-// StreamName is the JetStream stream that holds the Broker's events.
-func (r Ref) StreamName() string {
-	return "KNATIVE_BROKER_" + token(r.Namespace) + "_" + token(r.Name)
-}
-
-// Subject is the wildcard subject of all the Broker's events.
-func (r Ref) Subject() string {
-	return r.base() + ".*"
-}
-
-// TypeSubject is the subject an event of type ceType is published on. The
-// type is one subject token, so a Trigger whose filter pins the type can
-// let JetStream select its events (and count its backlog) server-side. The
-// Trigger's own filter still decides: two types that map to one token only
-// cost a filtered-out delivery.
-func (r Ref) TypeSubject(ceType string) string {
-	t := token(ceType)
-	switch {
-	case t == "":
-		t = "_"
-	case len(t) > maxTypeToken:
-		// NATS closes a connection whose protocol line passes 4 KiB,
-		// and a type has no length limit: a long one is hashed.
-		sum := sha256.Sum256([]byte(ceType))
-		t = "h_" + hex.EncodeToString(sum[:16])
-	}
-	return r.base() + "." + t
-}
-
-// maxTypeToken bounds the subject token of an event type.
-const maxTypeToken = 128
-
-func (r Ref) base() string {
-	return "knative.broker." + token(r.Namespace) + "." + token(r.Name)
-}
 
 // MsgID is the JetStream de-duplication id of an event. The CloudEvents spec
 // makes source+id unique per distinct event, so a resent event maps to the

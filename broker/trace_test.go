@@ -27,7 +27,7 @@ func TestIngressContinuesTheTrace(t *testing.T) {
 	rec := tracetest.NewSpanRecorder()
 	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
 	log := slog.New(slog.DiscardHandler)
-	in := httptest.NewServer(broker.NewIngress(broker.NewStore(env.js, log, 0), broker.NewBrokerSet(env.ref), log, broker.IngressOptions{Tracer: tp}))
+	in := httptest.NewServer(broker.NewIngress(env.store, broker.NewBrokerSet(env.ref), log, broker.IngressOptions{Tracer: tp}))
 	t.Cleanup(in.Close)
 
 	const (

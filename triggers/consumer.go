@@ -11,7 +11,6 @@ import (
 
 // withDefaults fills the zero fields of cfg and returns its delivery Policy.
 func (cfg Config) withDefaults() (Config, Policy, error) {
-	t := cfg.Trigger
 	if cfg.Concurrency <= 0 {
 		cfg.Concurrency = 1
 	}
@@ -29,7 +28,7 @@ func (cfg Config) withDefaults() (Config, Policy, error) {
 	}
 	policy, err := NewPolicy(cfg.Delivery, cfg.DefaultTimeout)
 	if err != nil {
-		return cfg, Policy{}, fmt.Errorf("trigger %s/%s: %w", t.Namespace, t.Name, err)
+		return cfg, Policy{}, fmt.Errorf("trigger %s: %w", triggerName(cfg.Trigger), err)
 	}
 	// A message is in our hands for at most one attempt, the reply publish
 	// and the dead-letter send; in-progress acks extend it while we work.
@@ -51,7 +50,7 @@ func ConsumerConfig(cfg Config) (jetstream.ConsumerConfig, error) {
 	t := cfg.Trigger
 	return jetstream.ConsumerConfig{
 		Durable:       ConsumerName(t),
-		Description:   fmt.Sprintf("Knative Trigger %s/%s", t.Namespace, t.Name),
+		Description:   "Knative Trigger " + triggerName(t).String(),
 		DeliverPolicy: jetstream.DeliverNewPolicy,
 		AckPolicy:     jetstream.AckExplicitPolicy,
 		AckWait:       cfg.AckWait,
@@ -70,7 +69,7 @@ func EnsureConsumer(ctx context.Context, js jetstream.JetStream, cfg Config) (je
 	}
 	cons, err := js.CreateOrUpdateConsumer(ctx, cfg.Broker.StreamName(), cc)
 	if err != nil {
-		return nil, fmt.Errorf("trigger %s/%s: create consumer: %w", cfg.Trigger.Namespace, cfg.Trigger.Name, err)
+		return nil, fmt.Errorf("trigger %s: create consumer: %w", triggerName(cfg.Trigger), err)
 	}
 	return cons, nil
 }

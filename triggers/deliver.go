@@ -10,7 +10,6 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
-	"runtime/debug"
 	"strings"
 	"sync"
 	"time"
@@ -20,7 +19,6 @@ import (
 	"github.com/cloudevents/sdk-go/v2/binding"
 	"github.com/cloudevents/sdk-go/v2/event"
 	cehttp "github.com/cloudevents/sdk-go/v2/protocol/http"
-	"github.com/cloudevents/sdk-go/v2/types"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	eventingduckv1 "knative.dev/eventing/pkg/apis/duck/v1"
@@ -52,9 +50,17 @@ type outcome struct {
 // stream, and the event decoded from it once a step needs more than the
 // message (a structured delivery, a dead letter).
 type delivery struct {
-	msg jetstream.Msg
-	ev  *cloudevents.Event
-	ttl int32 // the broker's TTL, read before it is taken off ev
+	msg     jetstream.Msg
+	meta    *jetstream.MsgMetadata
+	attempt int // JetStream's count of deliveries, this one included
+	ev      *cloudevents.Event
+	ttl     int32 // the broker's TTL, read before it is taken off ev
+	// out is the last attempt to send the event to the subscriber.
+	out outcome
+	// deadKey keys the event's dead-letter state, when the Trigger has a
+	// dead-letter sink.
+	deadKey string
+	log     eventLog
 }
 
 // event is the decoded event without the broker's TTL, which subscribers
@@ -95,125 +101,9 @@ func (dl *delivery) attr(name string) string {
 	return ""
 }
 
-func (d *Dispatcher) handle(ctx context.Context, msg jetstream.Msg) {
-	d.stats.InFlight.Add(1)
-	defer d.stats.InFlight.Add(-1)
-	log := &eventLog{base: d.log, stored: msg.Headers()}
-	defer func() {
-		// A bug must not take the dispatcher down with every Trigger of
-		// the process; the event stays in the stream for inspection.
-		if p := recover(); p != nil {
-			d.drop(log, DropPanic, "delivery panicked, event terminated", "panic", p, "stack", string(debug.Stack()))
-			d.ackErr(log, "term", msg.TermWithReason("dispatcher panic"))
-		}
-	}()
-
-	meta, err := msg.Metadata()
-	if err != nil {
-		d.drop(log, DropUndecodable, "message without metadata, terminated", "err", err)
-		d.ackErr(log, "term", msg.TermWithReason("no metadata"))
-		return
-	}
-	log.with("seq", meta.Sequence.Stream)
-	dl := &delivery{msg: msg}
-	if err := d.filterOut(ctx, dl); err != nil {
-		if errors.Is(err, errFiltered) {
-			d.stats.Filtered.Add(1)
-			d.ackErr(log, "ack", msg.Ack())
-			return
-		}
-		d.drop(log, DropUndecodable, "undecodable stored event, terminated", "err", err)
-		d.ackErr(log, "term", msg.TermWithReason("undecodable event"))
-		return
-	}
-
-	stop := keepAlive(msg, d.cfg.AckWait)
-	defer stop()
-
-	attempt := int(meta.NumDelivered)
-	log.with("attempt", attempt)
-	key := deadLetterKey(meta.Consumer, meta.Sequence.Stream)
-	h := msg.Headers()
-	msgID := func() string { return broker.MsgID(dl.attr("source"), dl.attr("id")) }
-	parent := d.traceParent(ctx, h, meta, attempt)
-	var failed *failure
-	if attempt > 1 && d.dead != nil {
-		// A redelivery may be an event whose subscriber is done with it
-		// and whose dead-letter sink refused it: that goes to the sink.
-		if failed, err = d.dead.get(ctx, key); err != nil {
-			log.get().Warn("could not read the dead-letter state, delivering to the subscriber", "err", err)
-		}
-		if failed != nil && failed.Event != msgID() {
-			log.get().Warn("dead-letter state of another event under this key, ignored", "key", key)
-			failed = nil
-		}
-	}
-	if failed == nil {
-		actx, span := d.startSpan(parent, "deliver to", attempt, h)
-		out := d.attempt(actx, d.cfg.Subscriber, dl, nil)
-		spanOutcome := outcomeDropped
-		// The attempt's span ends before a dead-letter send, its sibling.
-		endAttempt := sync.OnceFunc(func() { endSpan(span, spanOutcome, out) })
-		defer endAttempt()
-		if out.err == nil && out.reply != nil {
-			// The reply carries the event's TTL on into the Broker.
-			ttl, _ := types.ToInteger(dl.attr(kbroker.TTLAttribute))
-			_ = kbroker.SetTTL(out.reply.Context, ttl)
-			_, err := d.pub.Publish(actx, d.cfg.Broker, out.reply)
-			switch {
-			case errors.Is(err, broker.ErrTTLExhausted):
-				d.drop(log, DropReplyTTL, "reply not stored: knativebrokerttl is exhausted (an event loop?)",
-					"replyId", out.reply.ID(), "replySource", out.reply.Source(), "replyType", out.reply.Type())
-			case err != nil:
-				out.err = fmt.Errorf("store reply event: %w", err)
-				out.code = http.StatusBadGateway
-				out.permit = true
-			default:
-				d.stats.Replies.Add(1)
-			}
-		}
-		if out.err == nil {
-			spanOutcome = outcomeDelivered
-			d.stats.Delivered.Add(1)
-			d.ackErr(log, "ack", msg.Ack())
-			return
-		}
-		if out.undecodable {
-			d.drop(log, DropUndecodable, "undecodable stored event, terminated", "err", out.err)
-			d.ackErr(log, "term", msg.TermWithReason("undecodable event"))
-			return
-		}
-		log.with("code", out.code)
-		if ctx.Err() != nil {
-			// Stopping: hand the event back for another dispatcher at once.
-			spanOutcome = outcomeHandedBack
-			d.ackErr(log, "nak", msg.Nak())
-			return
-		}
-		if out.permit && attempt <= d.policy.Retries {
-			spanOutcome = outcomeRetry
-			delay := d.policy.Delay(attempt, out.resp)
-			log.get().Warn("delivery failed, will retry", "err", out.err, "delay", delay)
-			d.stats.Retried.Add(1)
-			d.ackErr(log, "nak", msg.NakWithDelay(delay))
-			return
-		}
-		if d.cfg.DeadLetter == nil {
-			d.drop(log, DropNoDeadLetterSink, "delivery failed for good and there is no dead-letter sink: event dropped", "err", out.err)
-			d.ackErr(log, "term", msg.TermWithReason(fmt.Sprintf("delivery failed: %d", out.code)))
-			return
-		}
-		spanOutcome = outcomeDeadLetter
-		failed = failureOf(out)
-		failed.Event = msgID()
-		log.with("err", out.err)
-		endAttempt()
-	}
-	if ctx.Err() != nil {
-		d.ackErr(log, "nak", msg.Nak())
-		return
-	}
-	d.deadLetter(ctx, parent, log, dl, key, failed, attempt)
+// msgID is the event's broker.MsgID.
+func (dl *delivery) msgID() string {
+	return broker.MsgID(dl.attr("source"), dl.attr("id"))
 }
 
 // errUndecodable says the stored event does not decode.
@@ -244,51 +134,63 @@ func (d *Dispatcher) filterOut(ctx context.Context, dl *delivery) error {
 	return nil
 }
 
-// deadLetter sends ev to the dead-letter sink (d.dead is open whenever
-// the Trigger has one). A refused send is retried
-// at the sink, with the DeliverySpec's backoff, for as long as the event
-// stays in the stream: what the subscriber said is remembered in JetStream
-// before the event is handed back.
-func (d *Dispatcher) deadLetter(ctx, parent context.Context, log *eventLog, dl *delivery, key string, failed *failure, attempt int) {
-	msg := dl.msg
-	dctx, span := d.startSpan(parent, "dead-letter", attempt, msg.Headers())
+// rememberedFailure is the failure an earlier delivery of the event left
+// for the dead-letter sink, which refused it then; nil for none. Only a
+// redelivery can have one.
+func (d *Dispatcher) rememberedFailure(ctx context.Context, dl *delivery) *failure {
+	if dl.attempt <= 1 {
+		return nil
+	}
+	failed, err := d.dead.get(ctx, dl.deadKey)
+	if err != nil {
+		dl.log.get().Warn("could not read the dead-letter state, delivering to the subscriber", "err", err)
+		return nil
+	}
+	if failed != nil && failed.Event != dl.msgID() {
+		dl.log.get().Warn("dead-letter state of another event under this key, ignored", "key", dl.deadKey)
+		return nil
+	}
+	return failed
+}
+
+// deadLetter sends the event to the dead-letter sink (d.dead is open
+// whenever the Trigger has one). A refused send is retried at the sink,
+// with the DeliverySpec's backoff, for as long as the event stays in the
+// stream: what the subscriber said is remembered in JetStream before the
+// event is handed back.
+func (d *Dispatcher) deadLetter(ctx context.Context, dl *delivery, failed *failure) verdict {
+	dctx, span := d.startSpan(ctx, "dead-letter", dl.attempt, dl.msg.Headers())
 	dead := d.attempt(dctx, d.cfg.DeadLetter, dl, failed.transformers())
 	spanOutcome := outcomeDropped
 	defer func() { endSpan(span, spanOutcome, dead) }()
 	if dead.undecodable {
-		d.drop(log, DropUndecodable, "undecodable stored event, terminated", "err", dead.err)
-		d.ackErr(log, "term", msg.TermWithReason("undecodable event"))
-		d.forgetDeadLetter(ctx, log, key, failed.Tries > 0)
-		return
+		d.drop(&dl.log, DropUndecodable, "undecodable stored event, terminated", "err", dead.err)
+		return verdict{op: opTerm, reason: "undecodable event", forget: failed.Tries > 0}
 	}
 	if dead.err == nil {
 		spanOutcome = outcomeDeadLetter
-		log.get().Warn("event sent to the dead-letter sink", "subscriberCode", failed.Code)
+		dl.log.get().Warn("event sent to the dead-letter sink", "subscriberCode", failed.Code)
 		d.stats.DeadLettered.Add(1)
-		d.ackErr(log, "ack", msg.Ack())
-		d.forgetDeadLetter(ctx, log, key, failed.Tries > 0)
-		return
+		return verdict{op: opAck, forget: failed.Tries > 0}
 	}
 	failed.Tries++
 	if !dead.permit {
 		// The sink says it will never take this event (a 400, say):
 		// trying again cannot help.
-		d.drop(log, DropDeadLetterRefused, "the dead-letter sink refused the event for good: event dropped",
+		d.drop(&dl.log, DropDeadLetterRefused, "the dead-letter sink refused the event for good: event dropped",
 			"dlsErr", dead.err, "dlsCode", dead.code, "tries", failed.Tries)
-		d.ackErr(log, "term", msg.TermWithReason(fmt.Sprintf("dead-letter sink answered %d", dead.code)))
-		d.forgetDeadLetter(ctx, log, key, failed.Tries > 1)
-		return
+		return verdict{op: opTerm, reason: fmt.Sprintf("dead-letter sink answered %d", dead.code), forget: failed.Tries > 1}
 	}
 	// The DeliverySpec's backoff, but never a tight loop (without
 	// backoffDelay it is 0) and never so long that a sink back in service
 	// waits for hours.
 	delay := min(max(d.policy.Delay(failed.Tries, dead.resp), minDeadLetterDelay), maxDeadLetterDelay)
 	spanOutcome = outcomeRetry
-	log.get().Error("dead-letter delivery failed, will retry the dead-letter sink", "dlsErr", dead.err, "dlsCode", dead.code, "tries", failed.Tries, "delay", delay)
-	if err := d.dead.put(context.WithoutCancel(ctx), key, failed); err != nil {
-		log.get().Error("could not remember the dead-letter state: the next delivery goes to the subscriber again", "err", err)
+	dl.log.get().Error("dead-letter delivery failed, will retry the dead-letter sink", "dlsErr", dead.err, "dlsCode", dead.code, "tries", failed.Tries, "delay", delay)
+	if err := d.dead.put(context.WithoutCancel(ctx), dl.deadKey, failed); err != nil {
+		dl.log.get().Error("could not remember the dead-letter state: the next delivery goes to the subscriber again", "err", err)
 	}
-	d.ackErr(log, "nak", msg.NakWithDelay(delay))
+	return verdict{op: opNak, delay: delay, outcome: outcomeRetry}
 }
 
 // eventLog is the logger of one delivery, made only when something is
@@ -321,14 +223,10 @@ const (
 	maxDeadLetterDelay = time.Minute
 )
 
-// forgetDeadLetter removes what was remembered for a dead letter, when
-// something was.
-func (d *Dispatcher) forgetDeadLetter(ctx context.Context, log *eventLog, key string, remembered bool) {
-	if !remembered {
-		return
-	}
-	if err := d.dead.forget(context.WithoutCancel(ctx), key); err != nil {
-		log.get().Warn("dead-letter state left behind (it expires)", "err", err)
+// forgetDeadLetter removes what was remembered for the event's dead letter.
+func (d *Dispatcher) forgetDeadLetter(ctx context.Context, dl *delivery) {
+	if err := d.dead.forget(context.WithoutCancel(ctx), dl.deadKey); err != nil {
+		dl.log.get().Warn("dead-letter state left behind (it expires)", "err", err)
 	}
 }
 
@@ -556,8 +454,9 @@ func parseReply(ctx context.Context, h http.Header, body []byte) (*cloudevents.E
 // keepAlive tells JetStream the message is still being worked on, three
 // times per AckWait, so a slow subscriber does not make it redeliver the
 // event to someone else. It runs on a timer, not a goroutine of its own;
-// once the returned stop returns, no further signal is sent.
-func keepAlive(msg jetstream.Msg, ackWait time.Duration) (stop func()) {
+// once the returned stop returns, no further signal is sent. A signal that
+// fails is logged to log.
+func keepAlive(msg jetstream.Msg, ackWait time.Duration, log *slog.Logger) (stop func()) {
 	every := max(10*time.Millisecond, ackWait/3)
 	var (
 		mu      sync.Mutex
@@ -572,7 +471,10 @@ func keepAlive(msg jetstream.Msg, ackWait time.Duration) (stop func()) {
 		if stopped {
 			return
 		}
-		_ = msg.InProgress()
+		if err := msg.InProgress(); err != nil {
+			log.Warn("could not tell JetStream the event is in progress; it may redeliver it after AckWait",
+				append(broker.StoredIdentity(msg.Headers()), "err", err)...)
+		}
 		t.Reset(every)
 	})
 	return func() {

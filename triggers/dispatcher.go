@@ -9,10 +9,12 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel/trace"
+	"k8s.io/apimachinery/pkg/types"
 	eventingduckv1 "knative.dev/eventing/pkg/apis/duck/v1"
 	eventingv1 "knative.dev/eventing/pkg/apis/eventing/v1"
 	"knative.dev/eventing/pkg/eventfilter"
@@ -67,32 +69,29 @@ type Dispatcher struct {
 	partial bool
 	policy  Policy
 	dead    *deadLetters // nil without a dead-letter sink
-	log     *slog.Logger
-	stats   *Stats
-	tracer  trace.Tracer
+	deliver handler      // the steps of a delivery (pipeline)
+	// deliveries holds *delivery values for reuse.
+	deliveries sync.Pool
+	log        *slog.Logger
+	stats      *Stats
+	tracer     trace.Tracer
 }
 
 // ConsumerName is the durable JetStream consumer of a Trigger.
 func ConsumerName(t *eventingv1.Trigger) string {
-	return "trigger_" + token(t.Namespace) + "_" + token(t.Name)
+	return broker.ConsumerName(triggerName(t))
 }
 
-func token(s string) string {
-	b := []byte(s)
-	for i, c := range b {
-		switch c {
-		case '.', '*', '>', ' ':
-			b[i] = '_'
-		}
-	}
-	return string(b)
+// triggerName is the Trigger's namespace and name.
+func triggerName(t *eventingv1.Trigger) types.NamespacedName {
+	return types.NamespacedName{Namespace: t.Namespace, Name: t.Name}
 }
 
 // New creates (or updates) the Trigger's durable consumer on the Broker's
 // stream and returns a Dispatcher ready to Run. Events published after the
 // consumer first exists are delivered to it, as with a Knative Trigger.
 func New(ctx context.Context, js jetstream.JetStream, pub broker.Publisher, client *http.Client, cfg Config, log *slog.Logger) (*Dispatcher, error) {
-	t := cfg.Trigger
+	t, name := cfg.Trigger, triggerName(cfg.Trigger)
 	cfg, policy, err := cfg.withDefaults()
 	if err != nil {
 		return nil, err
@@ -100,14 +99,14 @@ func New(ctx context.Context, js jetstream.JetStream, pub broker.Publisher, clie
 	var cons jetstream.Consumer
 	if cfg.Bind {
 		if cons, err = js.Consumer(ctx, cfg.Broker.StreamName(), ConsumerName(t)); err != nil {
-			return nil, fmt.Errorf("trigger %s/%s: bind to consumer %s: %w", t.Namespace, t.Name, ConsumerName(t), err)
+			return nil, fmt.Errorf("trigger %s: bind to consumer %s: %w", name, ConsumerName(t), err)
 		}
 	} else if cons, err = EnsureConsumer(ctx, js, cfg); err != nil {
 		return nil, err
 	}
 	filter, err := NewFilter(t)
 	if err != nil {
-		return nil, fmt.Errorf("trigger %s/%s: filters: %w", t.Namespace, t.Name, err)
+		return nil, fmt.Errorf("trigger %s: filters: %w", name, err)
 	}
 	reads, partial := filterReads(t)
 	var dead *deadLetters
@@ -115,15 +114,15 @@ func New(ctx context.Context, js jetstream.JetStream, pub broker.Publisher, clie
 		// The state of an event lives as long as the event can.
 		st, err := js.Stream(ctx, cfg.Broker.StreamName())
 		if err != nil {
-			return nil, fmt.Errorf("trigger %s/%s: stream: %w", t.Namespace, t.Name, err)
+			return nil, fmt.Errorf("trigger %s: stream: %w", name, err)
 		}
 		if dead, err = openDeadLetters(ctx, js, cfg.Broker, st.CachedInfo().Config); err != nil {
-			return nil, fmt.Errorf("trigger %s/%s: %w", t.Namespace, t.Name, err)
+			return nil, fmt.Errorf("trigger %s: %w", name, err)
 		}
 	}
-	return &Dispatcher{
+	d := &Dispatcher{
 		cfg:     cfg,
-		name:    t.Namespace + "/" + t.Name,
+		name:    name.String(),
 		cons:    cons,
 		pub:     pub,
 		client:  client,
@@ -132,10 +131,12 @@ func New(ctx context.Context, js jetstream.JetStream, pub broker.Publisher, clie
 		partial: partial,
 		policy:  policy,
 		dead:    dead,
-		log:     log.With("trigger", t.Namespace+"/"+t.Name),
+		log:     log.With("trigger", name.String()),
 		stats:   &Stats{},
 		tracer:  cfg.Tracer.Tracer(tracing.Scope),
-	}, nil
+	}
+	d.deliver = d.pipeline()
+	return d, nil
 }
 
 // Stats returns the Dispatcher's counters.
@@ -196,7 +197,10 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 		}
 		if ctx.Err() != nil {
 			// Stopping: give buffered events straight back.
-			_ = msg.Nak()
+			if err := msg.Nak(); err != nil {
+				d.log.Warn("could not hand a buffered event back; JetStream will redeliver it after AckWait",
+					append(broker.StoredIdentity(msg.Headers()), "err", err)...)
+			}
 			continue
 		}
 		pool.submit(msg)

@@ -72,7 +72,11 @@ func newHarness(t testing.TB) *harness {
 	if _, err := broker.EnsureStream(context.Background(), js, ref, broker.StreamOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	return &harness{t: t, js: js, store: broker.NewStore(js, slog.New(slog.DiscardHandler), 0), ref: ref}
+	store, err := broker.NewStore(nc, slog.New(slog.DiscardHandler), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &harness{t: t, js: js, store: store, ref: ref}
 }
 
 // manifests parses a Broker and a Trigger with Knative's types and

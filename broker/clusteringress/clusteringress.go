@@ -16,7 +16,6 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.opentelemetry.io/otel/trace"
@@ -125,11 +124,10 @@ func Run(ctx context.Context, o Options) error {
 func serve(ctx context.Context, o Options, client versioned.Interface, nc *nats.Conn, ln, probeLn net.Listener) error {
 	o = o.withDefaults()
 	log := o.Log
-	js, err := jetstream.New(nc)
+	store, err := broker.NewStore(nc, log.With("component", "broker"), o.PublishTimeout)
 	if err != nil {
-		return fmt.Errorf("jetstream: %w", err)
+		return err
 	}
-	store := broker.NewStore(js, log.With("component", "broker"), o.PublishTimeout)
 
 	factory := externalversions.NewSharedInformerFactory(client, 0)
 	brokers := factory.Eventing().V1().Brokers()

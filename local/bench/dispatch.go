@@ -51,7 +51,10 @@ func (b *bench) dispatch(ctx context.Context) ([]Metric, error) {
 		return nil, fmt.Errorf("no Broker in %s", b.opts.configDir)
 	}
 	delivery := set.Brokers[0].Spec.Delivery
-	store := broker.NewStore(j.js, b.log, 0)
+	store, err := broker.NewStore(j.nc, b.log, 0)
+	if err != nil {
+		return nil, err
+	}
 	n := b.opts.DispatchCount
 	var ours, raw, rawHTTP, oursCPU, rawHTTPCPU []float64
 	var oursConns, rawConns int64

@@ -73,7 +73,11 @@ func (b *bench) startIngress(ctx context.Context) (*ingressServer, error) {
 		j.stop()
 		return nil, err
 	}
-	store := broker.NewStore(j.js, b.log, 0)
+	store, err := broker.NewStore(j.nc, b.log, 0)
+	if err != nil {
+		j.stop()
+		return nil, err
+	}
 	mux := http.NewServeMux()
 	mux.Handle("/", broker.NewIngress(store, broker.NewBrokerSet(defaultBroker), b.log, broker.IngressOptions{}))
 	url, stop, err := serveHTTP(mux)

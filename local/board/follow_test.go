@@ -40,7 +40,10 @@ func TestFollowReadsTheStreamAndRebuildsAfterARestart(t *testing.T) {
 	if _, err := broker.EnsureStream(t.Context(), js, ref, broker.StreamOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	store := broker.NewStore(js, log, 0)
+	store, err := broker.NewStore(nc, log, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
 	publish := func(e cloudevents.Event) {
 		t.Helper()
 		if _, err := store.Publish(t.Context(), ref, &e); err != nil {

@@ -134,7 +134,9 @@ func New(ctx context.Context, opts Options, log *slog.Logger) (_ *Runner, err er
 	if err = r.connect(); err != nil {
 		return nil, err
 	}
-	r.store = broker.NewStore(r.js, log.With("component", "broker"), 0)
+	if r.store, err = broker.NewStore(r.nc, log.With("component", "broker"), 0); err != nil {
+		return nil, err
+	}
 	if err = r.setupTracing(ctx); err != nil {
 		return nil, err
 	}

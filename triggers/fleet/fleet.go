@@ -19,6 +19,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 	"k8s.io/apimachinery/pkg/api/equality"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/cache"
 	eventingduckv1 "knative.dev/eventing/pkg/apis/duck/v1"
 	eventingv1 "knative.dev/eventing/pkg/apis/eventing/v1"
@@ -50,8 +51,8 @@ type Fleet struct {
 	ctx context.Context
 
 	mu     sync.Mutex
-	loops  map[string]*loop // by Trigger namespace/name
-	closed bool             // no loop starts any more
+	loops  map[types.NamespacedName]*loop // by Trigger
+	closed bool                           // no loop starts any more
 	owners sync.WaitGroup
 
 	// observe, when set (by tests), hears of each loop's dispatchers
@@ -71,7 +72,7 @@ const (
 // loop is the state of one Trigger's loop, guarded by Fleet.mu except for
 // kick.
 type loop struct {
-	key  string
+	key  types.NamespacedName
 	want *spec // nil: stop
 	kick chan struct{}
 }
@@ -126,7 +127,7 @@ func newFleet(ctx context.Context, tl eventinglisters.TriggerLister, bl eventing
 	pub broker.Publisher, client *http.Client, coll *triggers.Collector, drain time.Duration, log *slog.Logger) *Fleet {
 	return &Fleet{
 		triggers: tl, brokers: bl, js: js, pub: pub, client: client, coll: coll, drain: drain, log: log,
-		ctx: ctx, loops: map[string]*loop{},
+		ctx: ctx, loops: map[types.NamespacedName]*loop{},
 	}
 }
 
@@ -135,24 +136,23 @@ func newFleet(ctx context.Context, tl eventinglisters.TriggerLister, bl eventing
 // Triggers (its class, and the delivery they inherit).
 func (f *Fleet) handlers() (triggerHandler, brokerHandler cache.ResourceEventHandler) {
 	syncTrigger := func(obj any) {
-		if key, err := cache.DeletionHandlingMetaNamespaceKeyFunc(obj); err == nil {
-			f.sync(key)
+		if name, err := cache.DeletionHandlingObjectToName(obj); err == nil {
+			f.sync(name.AsNamespacedName())
 		}
 	}
 	syncBroker := func(obj any) {
-		key, err := cache.DeletionHandlingMetaNamespaceKeyFunc(obj)
+		name, err := cache.DeletionHandlingObjectToName(obj)
 		if err != nil {
 			return
 		}
-		ns, name, _ := cache.SplitMetaNamespaceKey(key)
 		ts, err := f.triggers.List(labels.Everything())
 		if err != nil {
 			f.log.Warn("Listing Triggers failed", "error", err)
 			return
 		}
 		for _, t := range ts {
-			if triggerreconciler.BrokerRef(t) == (broker.Ref{Namespace: ns, Name: name}) {
-				f.sync(t.Namespace + "/" + t.Name)
+			if triggerreconciler.BrokerRef(t) == broker.Ref(name.AsNamespacedName()) {
+				f.sync(types.NamespacedName{Namespace: t.Namespace, Name: t.Name})
 			}
 		}
 	}
@@ -171,7 +171,7 @@ func (f *Fleet) handlers() (triggerHandler, brokerHandler cache.ResourceEventHan
 // say now. It reads them under f.mu, so that of two syncs of one key the
 // later one sees the newer state, and never blocks on a dispatcher: the
 // loop's owner does the starting and stopping.
-func (f *Fleet) sync(key string) {
+func (f *Fleet) sync(key types.NamespacedName) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.closed {
@@ -201,12 +201,8 @@ func (f *Fleet) sync(key string) {
 // desired is the spec the Trigger key's loop should run, nil for none;
 // keep is true when the current loop, whatever it is, should be left as
 // it is for now.
-func (f *Fleet) desired(key string) (want *spec, keep bool) {
-	ns, name, err := cache.SplitMetaNamespaceKey(key)
-	if err != nil {
-		return nil, false
-	}
-	t, err := f.triggers.Triggers(ns).Get(name)
+func (f *Fleet) desired(key types.NamespacedName) (want *spec, keep bool) {
+	t, err := f.triggers.Triggers(key.Namespace).Get(key.Name)
 	if err != nil || t.DeletionTimestamp != nil {
 		// Gone, or going: the controller deletes its consumer.
 		return nil, false
@@ -237,12 +233,12 @@ func (f *Fleet) desired(key string) (want *spec, keep bool) {
 		concurrency: triggerreconciler.DefaultConcurrency,
 	}
 	if n, ok, err := triggers.AnnotatedConcurrency(t); err != nil {
-		f.log.Warn("Ignoring an invalid annotation", "trigger", key, "error", err)
+		f.log.Warn("Ignoring an invalid annotation", "trigger", key.String(), "error", err)
 	} else if ok {
 		s.concurrency = n
 	}
 	if d, _, err := triggers.AnnotatedAckWait(t); err != nil {
-		f.log.Warn("Ignoring an invalid annotation", "trigger", key, "error", err)
+		f.log.Warn("Ignoring an invalid annotation", "trigger", key.String(), "error", err)
 	} else {
 		s.ackWait = d
 	}
@@ -270,7 +266,7 @@ const (
 // retires the loop once it should run nothing.
 func (f *Fleet) own(l *loop) {
 	defer f.owners.Done()
-	log := f.log.With("trigger", l.key)
+	log := f.log.With("trigger", l.key.String())
 	var (
 		cur     *running
 		retry   <-chan time.Time
@@ -348,7 +344,7 @@ func (f *Fleet) own(l *loop) {
 // natsCallTimeout bounds the JetStream calls that make a dispatcher.
 const natsCallTimeout = 30 * time.Second
 
-func (f *Fleet) start(key string, s *spec) (*running, error) {
+func (f *Fleet) start(key types.NamespacedName, s *spec) (*running, error) {
 	ctx, cancel := context.WithTimeout(f.ctx, natsCallTimeout)
 	cfg := s.config(f.drain)
 	cfg.Tracer = f.tracer
@@ -367,22 +363,22 @@ func (f *Fleet) start(key string, s *spec) (*running, error) {
 
 // stop stops r and waits until its deliveries in flight are done (or its
 // drain timeout handed them back to JetStream).
-func (f *Fleet) stop(key string, r *running) {
+func (f *Fleet) stop(key types.NamespacedName, r *running) {
 	if r == nil {
 		return
 	}
 	r.cancel()
 	f.note(key, stopping)
 	if err := <-r.done; err != nil {
-		f.log.Warn("Dispatcher stopped with an error", "trigger", key, "error", err)
+		f.log.Warn("Dispatcher stopped with an error", "trigger", key.String(), "error", err)
 	}
 	f.coll.Remove(r.d)
 	f.note(key, stopped)
 }
 
-func (f *Fleet) note(key string, e event) {
+func (f *Fleet) note(key types.NamespacedName, e event) {
 	if f.observe != nil {
-		f.observe(key, e)
+		f.observe(key.String(), e)
 	}
 }
 

@@ -310,7 +310,7 @@ func TestDesired(t *testing.T) {
 		log:     slog.New(slog.DiscardHandler),
 	}
 
-	want, keep := f.desired("coffee/ready")
+	want, keep := f.desired(types.NamespacedName{Namespace: "coffee", Name: "ready"})
 	if keep || want == nil {
 		t.Fatalf("coffee/ready: desired = %v, keep %v; want a spec", want, keep)
 	}
@@ -322,28 +322,29 @@ func TestDesired(t *testing.T) {
 	if !cfg.Bind || cfg.DeadLetter == nil || cfg.DrainTimeout != time.Second {
 		t.Errorf("coffee/ready: config = %+v, want Bind, a dead-letter sink and the drain timeout", cfg)
 	}
-	if w, _ := f.desired("coffee/own-delivery"); w == nil || *w.delivery.Retry != 5 || w.deadLetter != nil {
+	if w, _ := f.desired(types.NamespacedName{Namespace: "coffee", Name: "own-delivery"}); w == nil || *w.delivery.Retry != 5 || w.deadLetter != nil {
 		t.Errorf("coffee/own-delivery: spec = %+v, want the Trigger's own delivery and no sink", w)
 	} else if cfg := w.config(0); cfg.DeadLetter != nil {
 		t.Errorf("coffee/own-delivery: a dead-letter endpoint without a sink: %+v", cfg.DeadLetter)
 	}
-	if w, _ := f.desired("coffee/bad-annotations"); w == nil || w.concurrency != 100 || w.ackWait != 0 {
+	if w, _ := f.desired(types.NamespacedName{Namespace: "coffee", Name: "bad-annotations"}); w == nil || w.concurrency != 100 || w.ackWait != 0 {
 		t.Errorf("coffee/bad-annotations: spec = %+v, want the defaults", w)
 	}
-	if w, _ := f.desired("elsewhere/cross"); w == nil || w.broker != orders {
+	if w, _ := f.desired(types.NamespacedName{Namespace: "elsewhere", Name: "cross"}); w == nil || w.broker != orders {
 		t.Errorf("elsewhere/cross: spec = %+v, want one on coffee/orders", w)
 	}
-	for _, key := range []string{"coffee/deleting", "coffee/not-ready", "coffee/theirs", "coffee/no-broker", "coffee/no-subscriber", "coffee/gone"} {
+	for _, name := range []string{"deleting", "not-ready", "theirs", "no-broker", "no-subscriber", "gone"} {
+		key := types.NamespacedName{Namespace: "coffee", Name: name}
 		if w, keep := f.desired(key); w != nil || keep {
 			t.Errorf("%s: desired = %+v, keep %v; want no loop", key, w, keep)
 		}
 	}
-	if w, keep := f.desired("coffee/unobserved"); w != nil || !keep {
+	if w, keep := f.desired(types.NamespacedName{Namespace: "coffee", Name: "unobserved"}); w != nil || !keep {
 		t.Errorf("coffee/unobserved: desired = %+v, keep %v; want the loop kept as it is", w, keep)
 	}
 
 	// What makes a dispatcher be replaced.
-	base, _ := f.desired("coffee/ready")
+	base, _ := f.desired(types.NamespacedName{Namespace: "coffee", Name: "ready"})
 	for name, edit := range map[string]func(s *spec){
 		"subscriber":   func(s *spec) { s.subscriber = apis.HTTP("other") },
 		"dead letter":  func(s *spec) { s.deadLetter = nil },
@@ -354,13 +355,13 @@ func TestDesired(t *testing.T) {
 		"ack wait":     func(s *spec) { s.ackWait++ },
 		"a new object": func(s *spec) { s.trigger.UID = "other" },
 	} {
-		s, _ := f.desired("coffee/ready")
+		s, _ := f.desired(types.NamespacedName{Namespace: "coffee", Name: "ready"})
 		edit(s)
 		if base.equal(s) {
 			t.Errorf("a change of the %s leaves the spec equal", name)
 		}
 	}
-	if again, _ := f.desired("coffee/ready"); !base.equal(again) {
+	if again, _ := f.desired(types.NamespacedName{Namespace: "coffee", Name: "ready"}); !base.equal(again) {
 		t.Error("the same Trigger gives specs that differ")
 	}
 }
@@ -443,7 +444,11 @@ func newEnv(t *testing.T) *env {
 	if _, err := broker.EnsureStream(t.Context(), js, orders, broker.StreamOptions{Storage: jetstream.MemoryStorage}); err != nil {
 		t.Fatal(err)
 	}
-	return &env{t: t, url: srv.ClientURL(), js: js, store: broker.NewStore(js, slog.New(slog.DiscardHandler), 0)}
+	store, err := broker.NewStore(nc, slog.New(slog.DiscardHandler), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &env{t: t, url: srv.ClientURL(), js: js, store: store}
 }
 
 // makeConsumer makes the Trigger's consumer as the controller does.

@@ -102,7 +102,10 @@ func serve(ctx context.Context, o Options, client versioned.Interface, nc *nats.
 		return fmt.Errorf("jetstream: %w", err)
 	}
 	// Replies go back into their Broker on the same connection.
-	store := broker.NewStore(js, log.With("component", "broker"), o.PublishTimeout)
+	store, err := broker.NewStore(nc, log.With("component", "broker"), o.PublishTimeout)
+	if err != nil {
+		return err
+	}
 
 	factory := externalversions.NewSharedInformerFactory(client, 0)
 	triggerInformer := factory.Eventing().V1().Triggers()
