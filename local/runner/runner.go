@@ -241,7 +241,7 @@ func loadConfig(ctx context.Context, dirs []string) (*config.Set, error) {
 
 // connect starts the embedded NATS, unless an external one is given, and
 // connects to it. Unlike the cluster's processes, the runner fails at once
-// without a NATS rather than serving 503s, and it retries every quarter
+// without a NATS rather than serving 503s, and it reconnects every quarter
 // second after a NATS restart.
 func (r *Runner) connect() error {
 	no := r.opts.NATS.External
