@@ -16,6 +16,7 @@ import (
 	"syscall"
 	"unicode"
 
+	"github.com/koffeeshop/koffeeshop/broker/natsconn"
 	"github.com/koffeeshop/koffeeshop/broker/tracing"
 	"github.com/koffeeshop/koffeeshop/local/cli"
 	"github.com/koffeeshop/koffeeshop/local/runner"
@@ -86,22 +87,17 @@ func run() int {
 		}
 	}
 	r, err := runner.New(ctx, runner.Options{
-		ConfigDirs:   dirs,
-		BinDir:       *binDir,
-		Addr:         *addr,
-		DataDir:      *dataDir,
-		NATSURL:      *natsURL,
-		NATSPort:     *natsPort,
-		Output:       os.Stderr,
-		MaxBodyBytes: *maxBody,
-		Only:         strings.FieldsFunc(*only, func(r rune) bool { return r == ',' || unicode.IsSpace(r) }),
-		Name:         *name,
-		IngressToken: *token,
-		NATSCreds:    *creds,
-		NATSCA:       *natsCA,
-		NATSCert:     *natsCert,
-		NATSKey:      *natsKey,
-		Replicas:     *replicas,
+		ConfigDirs: dirs,
+		Only:       strings.FieldsFunc(*only, func(r rune) bool { return r == ',' || unicode.IsSpace(r) }),
+		Name:       *name,
+		NATS: runner.NATSOptions{
+			External: natsconn.Options{URL: *natsURL, CredsFile: *creds, CAFile: *natsCA, CertFile: *natsCert, KeyFile: *natsKey},
+			DataDir:  *dataDir,
+			Port:     *natsPort,
+			Replicas: *replicas,
+		},
+		HTTP:      runner.HTTPOptions{Addr: *addr, Token: *token, MaxBodyBytes: *maxBody},
+		Functions: runner.FunctionOptions{BinDir: *binDir, Output: os.Stderr},
 	}, log)
 	if err != nil {
 		log.Error("cannot start", "err", err)

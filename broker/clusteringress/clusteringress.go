@@ -27,6 +27,7 @@ import (
 	"knative.dev/pkg/apis"
 
 	"github.com/koffeeshop/koffeeshop/broker"
+	"github.com/koffeeshop/koffeeshop/broker/dataplane"
 	"github.com/koffeeshop/koffeeshop/broker/natsconn"
 	"github.com/koffeeshop/koffeeshop/broker/ops"
 	brokerreconciler "github.com/koffeeshop/koffeeshop/broker/reconciler"
@@ -72,9 +73,6 @@ func (o Options) withDefaults() Options {
 	if o.Addr == "" {
 		o.Addr = DefaultAddr
 	}
-	if o.ProbeAddr == "" {
-		o.ProbeAddr = ops.DefaultAddr
-	}
 	if o.ShutdownTimeout <= 0 {
 		o.ShutdownTimeout = 30 * time.Second
 	}
@@ -90,33 +88,18 @@ func (o Options) withDefaults() Options {
 // refused), and drains the NATS connection. An API server or a NATS that
 // cannot be reached is no error: readiness says so until they can be.
 func Run(ctx context.Context, o Options) error {
-	if o.KubeConfig == nil {
-		return errors.New("a Kubernetes REST config is required")
-	}
-	if err := o.NATS.Validate(); err != nil {
+	o = o.withDefaults()
+	c, err := dataplane.Dial(o.KubeConfig, o.NATS, o.ProbeAddr, "koffeeshop-broker-ingress", o.Log)
+	if err != nil {
 		return err
 	}
-	o = o.withDefaults()
-	client, err := versioned.NewForConfig(o.KubeConfig)
-	if err != nil {
-		return fmt.Errorf("eventing client: %w", err)
-	}
+	defer c.Close()
 	ln, err := net.Listen("tcp", o.Addr)
 	if err != nil {
 		return fmt.Errorf("ingress: %w", err)
 	}
 	defer ln.Close()
-	probeLn, err := net.Listen("tcp", o.ProbeAddr)
-	if err != nil {
-		return fmt.Errorf("probes: %w", err)
-	}
-	defer probeLn.Close()
-	nc, err := natsconn.Connect(o.NATS, "koffeeshop-broker-ingress", o.Log)
-	if err != nil {
-		return err
-	}
-	defer nc.Close()
-	return serve(ctx, o, client, nc, ln, probeLn)
+	return serve(ctx, o, c.Eventing, c.NATS, ln, c.Probes)
 }
 
 // serve runs the ingress on client's Brokers (the API server's, or a fake

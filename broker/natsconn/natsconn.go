@@ -68,8 +68,8 @@ type Logger interface {
 // caller reports it (a condition, a failing readiness probe). Nothing is
 // buffered while disconnected, so a publish or a JetStream call then fails
 // at once (the ingress answers 503, a reconcile is retried) instead of
-// waiting out its timeout.
-func Connect(o Options, name string, log Logger) (*nats.Conn, error) {
+// waiting out its timeout. The extra options come last, so they win.
+func Connect(o Options, name string, log Logger, extra ...nats.Option) (*nats.Conn, error) {
 	if err := o.Validate(); err != nil {
 		return nil, err
 	}
@@ -95,6 +95,7 @@ func Connect(o Options, name string, log Logger) (*nats.Conn, error) {
 	if o.CertFile != "" {
 		opts = append(opts, nats.ClientCert(o.CertFile, o.KeyFile))
 	}
+	opts = append(opts, extra...)
 	nc, err := nats.Connect(o.URL, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("connect to NATS at %s: %w", o.URL, err)

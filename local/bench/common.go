@@ -198,13 +198,10 @@ func (b *bench) startShop(ctx context.Context, configDir string) (*shop, error) 
 	defer pprof.SetGoroutineLabels(ctx)
 	r, err := runner.New(rctx, runner.Options{
 		ConfigDirs: []string{configDir},
-		BinDir:     bin,
-		Addr:       "127.0.0.1:0",
-		DataDir:    data,
-		NATSPort:   -1,
-		Env:        env,
 		Only:       only,
-		Output:     b.output(),
+		NATS:       runner.NATSOptions{DataDir: data, Port: -1},
+		HTTP:       runner.HTTPOptions{Addr: "127.0.0.1:0"},
+		Functions:  runner.FunctionOptions{BinDir: bin, Env: env, Output: b.output()},
 	}, b.log)
 	if err != nil {
 		cancel()

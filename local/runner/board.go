@@ -6,6 +6,8 @@ import (
 	"net/http"
 	"strings"
 
+	"k8s.io/apimachinery/pkg/types"
+
 	"github.com/koffeeshop/koffeeshop/broker"
 	"github.com/koffeeshop/koffeeshop/local/board"
 	"github.com/koffeeshop/koffeeshop/local/supervisor"
@@ -18,7 +20,7 @@ func (r *Runner) buildBoard(mux *http.ServeMux) error {
 	b := r.set.Brokers[0]
 	ref := broker.Ref{Namespace: b.Namespace, Name: b.Name}
 	var takeOrder triggers.Endpoint
-	if p, ok := r.pools[b.Namespace+"/take-order"]; ok {
+	if p, ok := r.pools[types.NamespacedName{Namespace: b.Namespace, Name: "take-order"}]; ok {
 		takeOrder = p
 	}
 	bd, err := board.New(board.Deps{
@@ -38,7 +40,7 @@ func (r *Runner) buildBoard(mux *http.ServeMux) error {
 			return nil
 		},
 		Kill: func(service string) (string, error) {
-			p, ok := r.pools[b.Namespace+"/"+service]
+			p, ok := r.pools[types.NamespacedName{Namespace: b.Namespace, Name: service}]
 			if !ok {
 				return "", board.ErrNotFound(service)
 			}
@@ -56,11 +58,11 @@ func (r *Runner) buildBoard(mux *http.ServeMux) error {
 	r.board = bd
 	for _, pattern := range board.Routes() {
 		var h http.Handler = r.board
-		if r.opts.IngressToken != "" && strings.HasPrefix(pattern, http.MethodPost+" ") {
+		if r.opts.HTTP.Token != "" && strings.HasPrefix(pattern, http.MethodPost+" ") {
 			// Placing an order and killing an instance act: with a
 			// token they need it, like the ingress. The page and its
 			// event stream only read.
-			h = broker.RequireBearer(r.opts.IngressToken, h)
+			h = broker.RequireBearer(r.opts.HTTP.Token, h)
 		}
 		mux.Handle(pattern, h)
 	}
@@ -69,13 +71,3 @@ func (r *Runner) buildBoard(mux *http.ServeMux) error {
 
 // BoardURL is the address of the web board.
 func (r *Runner) BoardURL() string { return r.IngressURL() + board.PagePath }
-
-// sinkBroker names the Broker a function's K_SINK points at: "default" in
-// the function's namespace when there is one, else the first Broker.
-func (r *Runner) sinkBroker(ns string) string {
-	if b := r.set.Broker(ns, "default"); b != nil {
-		return b.Namespace + "/" + b.Name
-	}
-	b := r.set.Brokers[0]
-	return b.Namespace + "/" + b.Name
-}

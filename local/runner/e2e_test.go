@@ -23,6 +23,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/koffeeshop/koffeeshop/broker"
+	"github.com/koffeeshop/koffeeshop/broker/natsconn"
 	"github.com/koffeeshop/koffeeshop/local/runner"
 )
 
@@ -167,18 +168,12 @@ spec:
 		col = o.collector
 	}
 	r, err := runner.New(ctx, runner.Options{
-		ConfigDirs:   dirs,
-		BinDir:       binDir,
-		Addr:         "127.0.0.1:0",
-		DataDir:      t.TempDir(),
-		NATSPort:     -1,
-		NATSURL:      o.natsURL,
-		Only:         o.only,
-		Name:         o.name,
-		IngressToken: o.token,
-		Replicas:     o.replicas,
-		Env:          env,
-		Output:       testWriter{t},
+		ConfigDirs: dirs,
+		Only:       o.only,
+		Name:       o.name,
+		NATS:       runner.NATSOptions{External: natsconn.Options{URL: o.natsURL}, DataDir: t.TempDir(), Port: -1, Replicas: o.replicas},
+		HTTP:       runner.HTTPOptions{Addr: "127.0.0.1:0", Token: o.token},
+		Functions:  runner.FunctionOptions{BinDir: binDir, Env: env, Output: testWriter{t}},
 	}, log)
 	if err != nil {
 		cancel()

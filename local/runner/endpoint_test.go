@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 
+	"k8s.io/apimachinery/pkg/types"
+
 	"github.com/koffeeshop/koffeeshop/local/manifest"
 	"github.com/koffeeshop/koffeeshop/local/supervisor"
 	"github.com/koffeeshop/koffeeshop/triggers"
@@ -49,24 +51,28 @@ spec:
 	if err != nil {
 		t.Fatal(err)
 	}
+	plan, err := NewPlan(set, Options{}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
 	pool := supervisor.NewPool(supervisor.Spec{Name: "fn"}, supervisor.Scaling{}, supervisor.Options{}, slog.New(slog.DiscardHandler), nil, nil)
-	r := &Runner{set: set, log: slog.New(slog.DiscardHandler), pools: map[string]*supervisor.Pool{"default/fn": pool}}
+	r := &Runner{plan: plan, log: slog.New(slog.DiscardHandler), pools: map[types.NamespacedName]*supervisor.Pool{{Namespace: "default", Name: "fn"}: pool}}
 
-	toSvc, toURI := set.Triggers[0], set.Triggers[1]
-	if ep, err := r.endpoint(toSvc.Namespace, toSvc.Spec.Subscriber); err != nil || ep != triggers.Endpoint(pool) {
-		t.Fatalf("ref subscriber resolved to %v (%v), want the Service's supervisor", ep, err)
+	toSvc, toURI := plan.Triggers[0], plan.Triggers[1]
+	if ep := r.endpoint(toSvc.Subscriber); ep != triggers.Endpoint(pool) {
+		t.Fatalf("ref subscriber resolved to %v, want the Service's supervisor", ep)
 	}
-	ep, err := r.endpoint(toSvc.Namespace, *toSvc.Spec.Delivery.DeadLetterSink)
-	if u, ok := ep.(triggers.URL); err != nil || !ok || u.U.String() != "http://127.0.0.1:9/dead" {
-		t.Fatalf("uri dead-letter sink resolved to %v (%v)", ep, err)
+	ep := r.endpoint(*toSvc.DeadLetter)
+	if u, ok := ep.(triggers.URL); !ok || u.U.String() != "http://127.0.0.1:9/dead" {
+		t.Fatalf("uri dead-letter sink resolved to %v", ep)
 	}
-	if ep, err := r.endpoint(toURI.Namespace, *toURI.Spec.Delivery.DeadLetterSink); err != nil || ep != triggers.Endpoint(pool) {
-		t.Fatalf("ref dead-letter sink resolved to %v (%v)", ep, err)
+	if ep := r.endpoint(*toURI.DeadLetter); ep != triggers.Endpoint(pool) {
+		t.Fatalf("ref dead-letter sink resolved to %v", ep)
 	}
-	if got := r.concurrency(toSvc); got != 21 {
+	if got := toSvc.Concurrency; got != 21 {
 		t.Errorf("concurrency to a Service with containerConcurrency 7 and max-scale 3 = %d, want 21", got)
 	}
-	if got := r.concurrency(toURI); got != 5 {
+	if got := toURI.Concurrency; got != 5 {
 		t.Errorf("concurrency from the annotation = %d, want 5", got)
 	}
 }

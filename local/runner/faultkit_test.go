@@ -26,6 +26,7 @@ import (
 	"github.com/cloudevents/sdk-go/v2/binding"
 	cehttp "github.com/cloudevents/sdk-go/v2/protocol/http"
 
+	"github.com/koffeeshop/koffeeshop/broker/natsconn"
 	"github.com/koffeeshop/koffeeshop/local/runner"
 	"github.com/koffeeshop/koffeeshop/triggers"
 )
@@ -269,14 +270,9 @@ func startQuietShop(t testing.TB, o quietOptions) *quietShop {
 	ctx, cancel := context.WithCancel(context.Background())
 	r, err := runner.New(ctx, runner.Options{
 		ConfigDirs: []string{o.configDir},
-		BinDir:     binDir,
-		Addr:       "127.0.0.1:0",
-		DataDir:    t.TempDir(),
-		NATSPort:   -1,
-		NATSURL:    o.natsURL,
-		Replicas:   o.replicas,
-		Env:        env,
-		Output:     out,
+		NATS:       runner.NATSOptions{External: natsconn.Options{URL: o.natsURL}, DataDir: t.TempDir(), Port: -1, Replicas: o.replicas},
+		HTTP:       runner.HTTPOptions{Addr: "127.0.0.1:0"},
+		Functions:  runner.FunctionOptions{BinDir: binDir, Env: env, Output: out},
 	}, log)
 	if err != nil {
 		cancel()

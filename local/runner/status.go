@@ -9,7 +9,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/koffeeshop/koffeeshop/broker"
 	"github.com/koffeeshop/koffeeshop/local/supervisor"
 )
 
@@ -78,10 +77,9 @@ func (r *Runner) serveStatus(w http.ResponseWriter, req *http.Request) {
 	s := r.Status()
 	ctx, cancel := context.WithTimeout(req.Context(), 5*time.Second)
 	defer cancel()
-	for _, b := range r.set.Brokers {
-		ref := broker.Ref{Namespace: b.Namespace, Name: b.Name}
-		bs := BrokerStatus{Name: ref.String(), Stream: ref.StreamName()}
-		if st, err := r.js.Stream(ctx, ref.StreamName()); err == nil {
+	for _, b := range r.plan.Brokers {
+		bs := BrokerStatus{Name: b.Ref.String(), Stream: b.Ref.StreamName()}
+		if st, err := r.js.Stream(ctx, b.Ref.StreamName()); err == nil {
 			bs.Events, bs.Bytes = st.CachedInfo().State.Msgs, st.CachedInfo().State.Bytes
 		}
 		s.Brokers = append(s.Brokers, bs)

@@ -45,8 +45,8 @@ func (r *Runner) tracingEnv(service string) []string {
 		// Spans reach the board a quarter second after they end.
 		"OTEL_BSP_SCHEDULE_DELAY=250",
 	}
-	if r.opts.IngressToken != "" {
-		env = append(env, "OTEL_EXPORTER_OTLP_TRACES_HEADERS=Authorization="+url.PathEscape("Bearer "+r.opts.IngressToken))
+	if r.opts.HTTP.Token != "" {
+		env = append(env, "OTEL_EXPORTER_OTLP_TRACES_HEADERS=Authorization="+url.PathEscape("Bearer "+r.opts.HTTP.Token))
 	}
 	return env
 }

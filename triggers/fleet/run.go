@@ -16,6 +16,7 @@ import (
 	"knative.dev/eventing/pkg/client/informers/externalversions"
 
 	"github.com/koffeeshop/koffeeshop/broker"
+	"github.com/koffeeshop/koffeeshop/broker/dataplane"
 	"github.com/koffeeshop/koffeeshop/broker/natsconn"
 	"github.com/koffeeshop/koffeeshop/broker/ops"
 	brokerreconciler "github.com/koffeeshop/koffeeshop/broker/reconciler"
@@ -50,9 +51,6 @@ type Options struct {
 }
 
 func (o Options) withDefaults() Options {
-	if o.ProbeAddr == "" {
-		o.ProbeAddr = ops.DefaultAddr
-	}
 	if o.ShutdownTimeout <= 0 {
 		o.ShutdownTimeout = 10 * time.Second
 	}
@@ -67,28 +65,12 @@ func (o Options) withDefaults() Options {
 // NATS connection. An API server or a NATS that cannot be reached is no
 // error: readiness says so until they can be.
 func Run(ctx context.Context, o Options) error {
-	if o.KubeConfig == nil {
-		return errors.New("a Kubernetes REST config is required")
-	}
-	if err := o.NATS.Validate(); err != nil {
-		return err
-	}
-	o = o.withDefaults()
-	client, err := versioned.NewForConfig(o.KubeConfig)
-	if err != nil {
-		return fmt.Errorf("eventing client: %w", err)
-	}
-	probeLn, err := net.Listen("tcp", o.ProbeAddr)
-	if err != nil {
-		return fmt.Errorf("probes: %w", err)
-	}
-	defer probeLn.Close()
-	nc, err := natsconn.Connect(o.NATS, "koffeeshop-trigger-dispatcher", o.Log)
+	c, err := dataplane.Dial(o.KubeConfig, o.NATS, o.ProbeAddr, "koffeeshop-trigger-dispatcher", o.Log)
 	if err != nil {
 		return err
 	}
-	defer nc.Close()
-	return serve(ctx, o, client, nc, probeLn, nil)
+	defer c.Close()
+	return serve(ctx, o, c.Eventing, c.NATS, c.Probes, nil)
 }
 
 // serve runs the fleet on client's Triggers and Brokers (the API

@@ -12,40 +12,22 @@ package main
 
 import (
 	"context"
-	"errors"
-	"flag"
-	"fmt"
 	"io"
-	"log/slog"
-	"os"
-	"os/signal"
-	"syscall"
 	"time"
-
-	"knative.dev/pkg/injection"
 
 	"github.com/koffeeshop/koffeeshop/broker"
 	"github.com/koffeeshop/koffeeshop/broker/clusteringress"
+	"github.com/koffeeshop/koffeeshop/broker/dataplane"
 	"github.com/koffeeshop/koffeeshop/broker/envflag"
 	"github.com/koffeeshop/koffeeshop/broker/ops"
-	"github.com/koffeeshop/koffeeshop/broker/tracing"
 )
 
-func main() {
-	if err := run(os.Args[1:], os.Getenv, os.Stderr); err != nil {
-		if !errors.Is(err, flag.ErrHelp) {
-			fmt.Fprintln(os.Stderr, "ingress:", err)
-		}
-		os.Exit(2)
-	}
-}
+func main() { dataplane.Main("ingress", run) }
 
 // config is what the command line and the environment say.
 type config struct {
-	opts       clusteringress.Options
-	kubeconfig string
-	server     string
-	verbose    bool
+	opts  clusteringress.Options
+	flags dataplane.Flags
 }
 
 // tokenEnv holds the optional bearer token.
@@ -55,8 +37,7 @@ const tokenEnv = "INGRESS_TOKEN"
 func parse(args []string, getenv func(string) string, stderr io.Writer) (config, error) {
 	var c config
 	f := envflag.New("ingress", getenv, stderr)
-	f.String(&c.kubeconfig, "kubeconfig", "KUBECONFIG", "", "kubeconfig file; in a pod, the pod's service account is used")
-	f.String(&c.server, "server", "KUBE_SERVER", "", "Kubernetes API server address, overriding the kubeconfig's")
+	c.flags.Register(f)
 	c.opts.NATS.RegisterFlags(f.Flags(), getenv)
 	f.String(&c.opts.Addr, "addr", "INGRESS_ADDR", clusteringress.DefaultAddr, "address of POST /<namespace>/<broker>")
 	f.String(&c.opts.ProbeAddr, "probe-addr", "PROBE_ADDR", ops.DefaultAddr, "address of "+ops.ReadinessPath+", "+ops.LivenessPath+" and "+ops.MetricsPath)
@@ -64,7 +45,6 @@ func parse(args []string, getenv func(string) string, stderr io.Writer) (config,
 	f.Duration(&c.opts.PublishTimeout, "publish-timeout", "PUBLISH_TIMEOUT", broker.DefaultPublishTimeout, "bound on the wait for JetStream to store an event (then 503)")
 	f.Duration(&c.opts.DrainDelay, "drain-delay", "DRAIN_DELAY", 5*time.Second, "on SIGTERM, how long to keep serving while unready, so the Service's endpoints drop this pod first")
 	f.Duration(&c.opts.ShutdownTimeout, "shutdown-timeout", "SHUTDOWN_TIMEOUT", 20*time.Second, "then, bound on the wait for requests in flight and the NATS drain")
-	f.Flags().BoolVar(&c.verbose, "v", false, "debug logs")
 	if err := f.Parse(args); err != nil {
 		return c, err
 	}
@@ -77,30 +57,9 @@ func run(args []string, getenv func(string) string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	level := slog.LevelInfo
-	if c.verbose {
-		level = slog.LevelDebug
-	}
-	log := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: level})).With("logger", "koffeeshop-broker-ingress")
-	c.opts.Log = log
-	c.opts.KubeConfig, err = injection.GetRESTConfig(c.server, c.kubeconfig)
-	if err != nil {
-		return err
-	}
-	c.opts.KubeConfig.UserAgent = "koffeeshop-broker-ingress"
-
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	log.Info("Starting", "nats", c.opts.NATS.URL, "addr", c.opts.Addr, "probeAddr", c.opts.ProbeAddr, "token", c.opts.Token != "")
-	tr, stopTracing, err := tracing.ForProcess(ctx, log, "koffeeshop-broker-ingress")
-	if err != nil {
-		return err
-	}
-	defer stopTracing()
-	c.opts.Tracer = tr.Provider()
-	if err := clusteringress.Run(ctx, c.opts); err != nil {
-		log.Error("Stopped", "error", err)
-		return err
-	}
-	return nil
+	return dataplane.Run(c.flags, "koffeeshop-broker-ingress", stderr, func(ctx context.Context, p dataplane.Process) error {
+		c.opts.Log, c.opts.KubeConfig, c.opts.Tracer = p.Log, p.KubeConfig, p.Tracer
+		p.Log.Info("Starting", "nats", c.opts.NATS.URL, "addr", c.opts.Addr, "probeAddr", c.opts.ProbeAddr, "token", c.opts.Token != "")
+		return clusteringress.Run(ctx, c.opts)
+	})
 }

@@ -41,8 +41,8 @@ func TestParse(t *testing.T) {
 			t.Errorf("NATS options = %+v", n)
 		}
 		o := c.opts
-		if o.ProbeAddr != ":9191" || o.DrainTimeout != time.Minute || o.PublishTimeout != 2*time.Second || c.server != "https://kube:6443" {
-			t.Errorf("options = %+v, server %q", o, c.server)
+		if o.ProbeAddr != ":9191" || o.DrainTimeout != time.Minute || o.PublishTimeout != 2*time.Second || c.flags.Server != "https://kube:6443" {
+			t.Errorf("options = %+v, server %q", o, c.flags.Server)
 		}
 	})
 
