@@ -26,7 +26,7 @@ func startBroker(tb testing.TB) *testBroker {
 	tb.Helper()
 	log := slog.New(slog.DiscardHandler)
 	srv := testkit.StartNATS(tb)
-	js := testkit.Connect(tb, srv.URL())
+	js := testkit.Connect(tb, srv.ClientURL())
 	ref := broker.Ref{Namespace: "default", Name: "default"}
 	st, err := broker.EnsureStream(context.Background(), js, ref, broker.StreamOptions{})
 	if err != nil {
@@ -35,5 +35,5 @@ func startBroker(tb testing.TB) *testBroker {
 	in := broker.NewIngress(broker.NewStore(js, log, 0), broker.NewBrokerSet(ref), log, broker.IngressOptions{})
 	hs := httptest.NewServer(in)
 	tb.Cleanup(hs.Close)
-	return &testBroker{url: hs.URL, natsURL: srv.URL(), ref: ref, js: js, stream: st}
+	return &testBroker{url: hs.URL, natsURL: srv.ClientURL(), ref: ref, js: js, stream: st}
 }

@@ -199,7 +199,7 @@ func TestBodyLimitIsConfigurable(t *testing.T) {
 func TestUnstorableEventGets503(t *testing.T) {
 	log := slog.New(slog.DiscardHandler)
 	srv := testkit.StartNATS(t)
-	js := testkit.Connect(t, srv.URL(), nats.ReconnectBufSize(-1), nats.MaxReconnects(-1))
+	js := testkit.Connect(t, srv.ClientURL(), nats.ReconnectBufSize(-1), nats.MaxReconnects(-1))
 	ref := broker.Ref{Namespace: "default", Name: "default"}
 	if _, err := broker.EnsureStream(context.Background(), js, ref, broker.StreamOptions{}); err != nil {
 		t.Fatal(err)
@@ -236,7 +236,7 @@ func TestUnstorableEventGets503(t *testing.T) {
 // than the ingress's body limit) is refused with 413, not a 503 that the
 // sender would retry for ever.
 func TestEventOverNATSMaxPayloadGets413(t *testing.T) {
-	js := testkit.Connect(t, testkit.StartNATS(t, func(o *server.Options) { o.MaxPayload = 4 << 10 }).URL())
+	js := testkit.Connect(t, testkit.StartNATS(t, func(o *server.Options) { o.MaxPayload = 4 << 10 }).ClientURL())
 	ref := broker.Ref{Namespace: "default", Name: "default"}
 	if _, err := broker.EnsureStream(context.Background(), js, ref, broker.StreamOptions{}); err != nil {
 		t.Fatal(err)

@@ -57,8 +57,14 @@ func StartNATS(tb testing.TB, opts ...func(*server.Options)) *NATS {
 	return n
 }
 
-// URL is the URL clients connect to.
-func (n *NATS) URL() string { return n.srv.ClientURL() }
+// Port makes the server listen on port, one that a test has set aside
+// for a server started later than its clients.
+func Port(port int) func(*server.Options) {
+	return func(o *server.Options) { o.Port = port }
+}
+
+// ClientURL is the URL clients connect to.
+func (n *NATS) ClientURL() string { return n.srv.ClientURL() }
 
 // Shutdown stops the server and waits until it has stopped. It may be
 // called again.
@@ -87,5 +93,5 @@ func Connect(tb testing.TB, url string, opts ...nats.Option) jetstream.JetStream
 // JetStream starts a server for the test and connects to it.
 func JetStream(tb testing.TB) jetstream.JetStream {
 	tb.Helper()
-	return Connect(tb, StartNATS(tb).URL())
+	return Connect(tb, StartNATS(tb).ClientURL())
 }

@@ -41,7 +41,7 @@ func TestSinkTakesBothModes(t *testing.T) {
 
 func TestJetStreamStoresAndStops(t *testing.T) {
 	srv := testkit.StartNATS(t)
-	js := testkit.Connect(t, srv.URL())
+	js := testkit.Connect(t, srv.ClientURL())
 	if _, err := js.CreateStream(t.Context(), jetstream.StreamConfig{Name: "KIT", Subjects: []string{"kit.>"}}); err != nil {
 		t.Fatal(err)
 	}
