@@ -19,6 +19,7 @@ import (
 type Sink struct {
 	// URL is where the sink listens.
 	URL string
+	srv *httptest.Server
 
 	mu      sync.Mutex
 	status  int
@@ -32,9 +33,13 @@ func NewSink(tb testing.TB) *Sink {
 	s := &Sink{status: http.StatusAccepted, arrived: make(chan struct{}, 1)}
 	srv := httptest.NewServer(http.HandlerFunc(s.serve))
 	tb.Cleanup(srv.Close)
-	s.URL = srv.URL
+	s.URL, s.srv = srv.URL, srv
 	return s
 }
+
+// Close stops the sink before the test ends: a sender then finds nothing
+// listening.
+func (s *Sink) Close() { s.srv.Close() }
 
 func (s *Sink) serve(w http.ResponseWriter, r *http.Request) {
 	ev, err := binding.ToEvent(r.Context(), cehttp.NewMessageFromHttpRequest(r))

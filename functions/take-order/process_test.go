@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/koffeeshop/koffeeshop/broker/testkit"
 	"github.com/koffeeshop/koffeeshop/functions/coffee"
 )
 
@@ -166,8 +167,7 @@ func TestProcess(t *testing.T) {
 // waitReady polls the readiness endpoint until it answers 200.
 func waitReady(ctx context.Context, t *testing.T, client *http.Client, base string, exited <-chan struct{}) {
 	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for {
+	testkit.Eventually(t, 15*time.Second, "take-order ready", func() error {
 		select {
 		case <-exited:
 			t.Fatal("take-order exited before becoming ready")
@@ -178,16 +178,13 @@ func waitReady(ctx context.Context, t *testing.T, client *http.Client, base stri
 			t.Fatal(err)
 		}
 		resp, err := client.Do(req)
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return
-			}
-			err = errors.New(resp.Status)
+		if err != nil {
+			return err
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("take-order not ready: %v", err)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return errors.New(resp.Status)
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return nil
+	})
 }
