@@ -71,15 +71,17 @@ func (s *Sink) Answer(status int) {
 
 // Events returns what the sink has taken so far.
 func (s *Sink) Events() []cloudevents.Event {
-	return s.matching(func(cloudevents.Event) bool { return true })
+	return s.Matching(func(cloudevents.Event) bool { return true })
 }
 
 // OfType returns the events of type typ the sink has taken so far.
 func (s *Sink) OfType(typ string) []cloudevents.Event {
-	return s.matching(func(e cloudevents.Event) bool { return e.Type() == typ })
+	return s.Matching(func(e cloudevents.Event) bool { return e.Type() == typ })
 }
 
-func (s *Sink) matching(keep func(cloudevents.Event) bool) []cloudevents.Event {
+// Matching returns the events the sink has taken so far for which keep
+// is true.
+func (s *Sink) Matching(keep func(cloudevents.Event) bool) []cloudevents.Event {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var out []cloudevents.Event
