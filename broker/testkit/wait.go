@@ -18,7 +18,7 @@ const maxPollInterval = 50 * time.Millisecond
 // without.
 func Eventually(tb testing.TB, timeout time.Duration, what string, cond func() error) {
 	tb.Helper()
-	if err := poll(timeout, nil, cond); err != nil {
+	if err := Poll(timeout, cond); err != nil {
 		tb.Fatalf("%s: %v", what, err)
 	}
 }
@@ -36,6 +36,14 @@ func WaitFor(tb testing.TB, timeout time.Duration, what string, cond func() bool
 }
 
 var errNotYet = errors.New("not yet")
+
+// Poll checks cond until it returns nil, and returns cond's last error
+// once timeout has passed without: for a wait whose end is not yet a
+// failure (the test reports what it finds), or one off the test's
+// goroutine.
+func Poll(timeout time.Duration, cond func() error) error {
+	return poll(timeout, nil, cond)
+}
 
 // poll checks cond until it returns nil, again at once whenever wake
 // (which may be nil) has something, and returns cond's last error once
