@@ -3,10 +3,12 @@ package testkit
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 	"github.com/cloudevents/sdk-go/v2/binding"
@@ -83,4 +85,27 @@ func Do(tb testing.TB, req *http.Request) (*http.Response, string) {
 	}
 	resp.Body = io.NopCloser(bytes.NewReader(body))
 	return resp, string(body)
+}
+
+// GetOK asks url with GET and returns nil when it answers 200 OK, else
+// what it answered instead: a readiness probe for Eventually. A server
+// that does not answer in five seconds is an error, so that the wait's
+// deadline holds.
+func GetOK(url string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("GET %s: %s", url, resp.Status)
+	}
+	return nil
 }

@@ -2,7 +2,9 @@ package testkit_test
 
 import (
 	"context"
+	"errors"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -54,5 +56,24 @@ func TestJetStreamStoresAndStops(t *testing.T) {
 	defer cancel()
 	if _, err := js.Publish(ctx, "kit.a", []byte("y")); err == nil {
 		t.Fatal("published to a server that is gone")
+	}
+}
+
+func TestPollAndGetOK(t *testing.T) {
+	n := 0
+	if err := testkit.Poll(5*time.Second, func() error {
+		if n++; n < 3 {
+			return errors.New("not yet")
+		}
+		return nil
+	}); err != nil || n != 3 {
+		t.Fatalf("Poll = %v after %d looks, want nil after 3", err, n)
+	}
+	if err := testkit.Poll(10*time.Millisecond, func() error { return errors.New("never") }); err == nil || !strings.Contains(err.Error(), "never") {
+		t.Fatalf("Poll of a condition never met = %v, want its last error", err)
+	}
+	// A sink answers a GET, which is no CloudEvent, with 400.
+	if err := testkit.GetOK(testkit.NewSink(t).URL); err == nil || !strings.Contains(err.Error(), "400") {
+		t.Fatalf("GetOK of a 400 = %v", err)
 	}
 }

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"io"
 	"net"
 	"net/http"
@@ -103,7 +102,7 @@ func TestProcess(t *testing.T) {
 
 	client := &http.Client{Timeout: 5 * time.Second}
 	base := "http://" + addr
-	waitReady(ctx, t, client, base, exited)
+	waitReady(t, base, exited)
 
 	body := `{"customer":"ada","beverage":"latte"}`
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, base+"/", strings.NewReader(body))
@@ -165,7 +164,7 @@ func TestProcess(t *testing.T) {
 }
 
 // waitReady polls the readiness endpoint until it answers 200.
-func waitReady(ctx context.Context, t *testing.T, client *http.Client, base string, exited <-chan struct{}) {
+func waitReady(t *testing.T, base string, exited <-chan struct{}) {
 	t.Helper()
 	testkit.Eventually(t, 15*time.Second, "take-order ready", func() error {
 		select {
@@ -173,18 +172,6 @@ func waitReady(ctx context.Context, t *testing.T, client *http.Client, base stri
 			t.Fatal("take-order exited before becoming ready")
 		default:
 		}
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/health/readiness", nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp, err := client.Do(req)
-		if err != nil {
-			return err
-		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			return errors.New(resp.Status)
-		}
-		return nil
+		return testkit.GetOK(base + "/health/readiness")
 	})
 }

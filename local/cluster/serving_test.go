@@ -2,9 +2,7 @@ package cluster_test
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"net/http"
 	"path/filepath"
 	"testing"
 	"time"
@@ -80,15 +78,5 @@ func (sv *serving) markReady(t *testing.T, ns, name, addr string) {
 // waitHTTP waits until url answers 200.
 func waitHTTP(t *testing.T, url string, timeout time.Duration) {
 	t.Helper()
-	testkit.Eventually(t, timeout, url+" answering 200", func() error {
-		resp, err := http.Get(url)
-		if err != nil {
-			return err
-		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			return errors.New(resp.Status)
-		}
-		return nil
-	})
+	testkit.Eventually(t, timeout, url+" answering 200", func() error { return testkit.GetOK(url) })
 }

@@ -5,7 +5,6 @@ import (
 	"compress/gzip"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -271,17 +270,7 @@ func startRunnerBinary(t *testing.T, env ...string) *runnerBinaryProc {
 // waitReady waits until the shop at base answers its readiness probe.
 func waitReady(t *testing.T, base string, limit time.Duration) {
 	t.Helper()
-	testkit.Eventually(t, limit, "the shop at "+base+" ready", func() error {
-		resp, err := http.Get(base + "/health/readiness")
-		if err != nil {
-			return err
-		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			return errors.New(resp.Status)
-		}
-		return nil
-	})
+	testkit.Eventually(t, limit, "the shop at "+base+" ready", func() error { return testkit.GetOK(base + "/health/readiness") })
 }
 
 // syncBuffer is a bytes.Buffer safe for a process's output and a reader.

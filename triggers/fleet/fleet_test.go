@@ -562,17 +562,7 @@ func (f *fleetUnderTest) waitFor(t *testing.T, key string, ev event, n int) {
 
 func (f *fleetUnderTest) waitReady(t *testing.T) {
 	t.Helper()
-	testkit.Eventually(t, 30*time.Second, "readiness", func() error {
-		resp, err := http.Get(f.probes + "/health/readiness")
-		if err != nil {
-			return err
-		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			return fmt.Errorf("readiness = %d", resp.StatusCode)
-		}
-		return nil
-	})
+	testkit.Eventually(t, 30*time.Second, "readiness", func() error { return testkit.GetOK(f.probes + "/health/readiness") })
 }
 
 func (f *fleetUnderTest) metrics(t *testing.T) string {
