@@ -355,24 +355,11 @@ func (in *ingress) stop(t *testing.T) {
 // status code.
 func (in *ingress) post(t *testing.T, path, id, token string) int {
 	t.Helper()
-	req, err := http.NewRequest(http.MethodPost, in.url+path, strings.NewReader(`{"order":"latte"}`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("Ce-Specversion", "1.0")
-	req.Header.Set("Ce-Id", id)
-	req.Header.Set("Ce-Source", "test")
-	req.Header.Set("Ce-Type", "com.koffeeshop.order.placed")
+	req := testkit.BinaryRequest(t, in.url+path, testkit.Event(id, "test", "com.koffeeshop.order.placed", `{"order":"latte"}`))
 	if token != "" {
 		req.Header.Set("Authorization", "Bearer "+token)
 	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, _ = io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
+	resp, _ := testkit.Do(t, req)
 	return resp.StatusCode
 }
 

@@ -32,7 +32,14 @@ func Event(id, source, typ, data string) cloudevents.Event {
 // data as the body) and returns the answer with its body read.
 func PostBinary(tb testing.TB, url string, ev cloudevents.Event) (*http.Response, string) {
 	tb.Helper()
-	return postEvent(tb, binding.WithForceBinary(context.Background()), url, ev)
+	return Do(tb, BinaryRequest(tb, url, ev))
+}
+
+// BinaryRequest is the request PostBinary sends, for a test that adds to
+// it (a token, a trace context) before it sends it with Do.
+func BinaryRequest(tb testing.TB, url string, ev cloudevents.Event) *http.Request {
+	tb.Helper()
+	return eventRequest(tb, binding.WithForceBinary(context.Background()), url, ev)
 }
 
 // PostStructured posts ev to url in structured mode (the whole event as
@@ -40,10 +47,10 @@ func PostBinary(tb testing.TB, url string, ev cloudevents.Event) (*http.Response
 // read.
 func PostStructured(tb testing.TB, url string, ev cloudevents.Event) (*http.Response, string) {
 	tb.Helper()
-	return postEvent(tb, binding.WithForceStructured(context.Background()), url, ev)
+	return Do(tb, eventRequest(tb, binding.WithForceStructured(context.Background()), url, ev))
 }
 
-func postEvent(tb testing.TB, ctx context.Context, url string, ev cloudevents.Event) (*http.Response, string) {
+func eventRequest(tb testing.TB, ctx context.Context, url string, ev cloudevents.Event) *http.Request {
 	tb.Helper()
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, nil)
 	if err != nil {
@@ -52,7 +59,7 @@ func postEvent(tb testing.TB, ctx context.Context, url string, ev cloudevents.Ev
 	if err := cehttp.WriteRequest(ctx, binding.ToMessage(&ev), req); err != nil {
 		tb.Fatalf("encode %s: %v", ev.ID(), err)
 	}
-	return Do(tb, req)
+	return req
 }
 
 // Post posts body to url with the given headers, as they are: for a

@@ -327,10 +327,8 @@ func TestIngressTokenIsRequiredWhenSet(t *testing.T) {
 	if resp, _ := testkit.PostBinary(t, url, testkit.Event("tok-1", "/t", "com.koffeeshop.order.placed", `{"customer":"ada","beverage":"latte"}`)); resp.StatusCode != http.StatusUnauthorized {
 		t.Fatalf("without the token: %d, want 401", resp.StatusCode)
 	}
-	req, _ := http.NewRequest(http.MethodPost, url, strings.NewReader(`{"customer":"ada","beverage":"latte"}`))
-	for k, v := range map[string]string{"ce-specversion": "1.0", "ce-id": "tok-2", "ce-source": "/t", "ce-type": "com.koffeeshop.order.placed", "content-type": "application/json", "Authorization": "Bearer s3cret"} {
-		req.Header.Set(k, v)
-	}
+	req := testkit.BinaryRequest(t, url, testkit.Event("tok-2", "/t", "com.koffeeshop.order.placed", `{"customer":"ada","beverage":"latte"}`))
+	req.Header.Set("Authorization", "Bearer s3cret")
 	if resp, _ := testkit.Do(t, req); resp.StatusCode != http.StatusAccepted {
 		t.Fatalf("with the token: %d, want 202", resp.StatusCode)
 	}
