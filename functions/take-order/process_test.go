@@ -105,15 +105,7 @@ func TestProcess(t *testing.T) {
 	waitReady(t, base, exited)
 
 	body := `{"customer":"ada","beverage":"latte"}`
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, base+"/", strings.NewReader(body))
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.Header.Set("Ce-Specversion", "1.0")
-	req.Header.Set("Ce-Id", "proc-1")
-	req.Header.Set("Ce-Source", "/test/web")
-	req.Header.Set("Ce-Type", coffee.TypeOrderPlaced)
-	req.Header.Set("Content-Type", "application/json")
+	req := testkit.BinaryRequest(t, base+"/", testkit.Event("proc-1", "/test/web", coffee.TypeOrderPlaced, body)).WithContext(ctx)
 	resp, err := client.Do(req)
 	if err != nil {
 		t.Fatalf("POST order: %v", err)
