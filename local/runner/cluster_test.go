@@ -147,15 +147,8 @@ func TestClusterKillOneNode(t *testing.T) {
 	s := startQuietShop(t, quietOptions{configDir: cfg, natsURL: clusterURL(nodes), replicas: 3})
 	url := s.IngressURL() + "/default/default"
 
-	nc, err := nats.Connect(clusterURL(nodes))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	js := testkit.Connect(t, clusterURL(nodes))
+	nc := js.Conn()
 	var victim *natsProc
 	for _, n := range nodes {
 		if !strings.HasSuffix(s.NATSURL(), fmt.Sprintf(":%d", n.port)) {
