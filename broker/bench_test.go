@@ -12,6 +12,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/koffeeshop/koffeeshop/broker/testkit"
 )
 
 // BenchmarkIngress measures durable ingest (HTTP in, JetStream ack, 202 out)
@@ -53,12 +55,7 @@ func BenchmarkIngress(b *testing.B) {
 		post(b, noop.URL)
 	})
 	b.Run("baseline=jetstream-publish", func(b *testing.B) {
-		nc, err := nats.Connect(env.natsURL)
-		if err != nil {
-			b.Fatal(err)
-		}
-		defer nc.Close()
-		js, _ := jetstream.New(nc)
+		js := testkit.Connect(b, env.natsURL)
 		b.RunParallel(func(pb *testing.PB) {
 			for pb.Next() {
 				n := seq.Add(1)

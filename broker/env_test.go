@@ -6,11 +6,10 @@ import (
 	"net/http/httptest"
 	"testing"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/koffeeshop/koffeeshop/broker"
-	"github.com/koffeeshop/koffeeshop/local/natsd"
+	"github.com/koffeeshop/koffeeshop/broker/testkit"
 )
 
 type testBroker struct {
@@ -27,26 +26,14 @@ type testBroker struct {
 func startBroker(tb testing.TB) *testBroker {
 	tb.Helper()
 	log := slog.New(slog.DiscardHandler)
-	srv, err := natsd.Start(natsd.Options{StoreDir: tb.TempDir(), Port: -1}, log)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(srv.Shutdown)
-	nc, err := nats.Connect(srv.ClientURL())
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		tb.Fatal(err)
-	}
+	srv := testkit.StartNATS(tb)
+	js := testkit.Connect(tb, srv.ClientURL())
 	ref := broker.Ref{Namespace: "default", Name: "default"}
 	st, err := broker.EnsureStream(context.Background(), js, ref, broker.StreamOptions{})
 	if err != nil {
 		tb.Fatal(err)
 	}
-	store, err := broker.NewStore(nc, log, 0)
+	store, err := broker.NewStore(js.Conn(), log, 0)
 	if err != nil {
 		tb.Fatal(err)
 	}

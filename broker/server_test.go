@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/koffeeshop/koffeeshop/broker"
+	"github.com/koffeeshop/koffeeshop/broker/testkit"
 )
 
 // TestSlowHeadersAreCutOff: a client that trickles its headers (slowloris)
@@ -67,7 +68,7 @@ func TestSlowHeadersAreCutOff(t *testing.T) {
 		if _, err := conn.Write([]byte("a")); err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
 			continue // closed under us: the reader reports when
 		}
-		resp, body := post(t, url, binaryHeaders("slow-"+time.Now().Format("150405.000000"), nil), `{}`)
+		resp, body := testkit.Post(t, url, binaryHeaders("slow-"+time.Now().Format("150405.000000"), nil), `{}`)
 		if resp.StatusCode != http.StatusAccepted {
 			t.Fatalf("a normal request during the trickle: %d %s", resp.StatusCode, body)
 		}

@@ -11,6 +11,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/koffeeshop/koffeeshop/broker"
+	"github.com/koffeeshop/koffeeshop/broker/testkit"
 )
 
 // TestStoredFormIsNATSBinaryMode: the stream holds the CloudEvents NATS
@@ -20,7 +21,7 @@ import (
 func TestStoredFormIsNATSBinaryMode(t *testing.T) {
 	env := startBroker(t)
 	body := `{"customer": "a", beverage`
-	resp, msg := post(t, env.url+"/default/default", binaryHeaders("raw-1", map[string]string{
+	resp, msg := testkit.Post(t, env.url+"/default/default", binaryHeaders("raw-1", map[string]string{
 		"ce-subject": "shop%20front", "ce-comment": "caf%C3%A9 %22ok%22",
 	}), body)
 	if resp.StatusCode != http.StatusAccepted {
@@ -84,14 +85,14 @@ func TestIngressErrorsSayWhatIsWrong(t *testing.T) {
 	env := startBroker(t)
 	url := env.url + "/default/default"
 	const want = `specversion "2.0" is not supported (1.0, 0.3)`
-	if resp, body := post(t, url, binaryHeaders("v2", map[string]string{"ce-specversion": "2.0"}), `{}`); resp.StatusCode != http.StatusBadRequest || !strings.Contains(body, want) {
+	if resp, body := testkit.Post(t, url, binaryHeaders("v2", map[string]string{"ce-specversion": "2.0"}), `{}`); resp.StatusCode != http.StatusBadRequest || !strings.Contains(body, want) {
 		t.Fatalf("binary 2.0: %d %q", resp.StatusCode, body)
 	}
-	if resp, body := post(t, url, map[string]string{"content-type": cloudevents.ApplicationCloudEventsJSON},
+	if resp, body := testkit.Post(t, url, map[string]string{"content-type": cloudevents.ApplicationCloudEventsJSON},
 		`{"specversion":"2.0","id":"v2","source":"/s","type":"t"}`); resp.StatusCode != http.StatusBadRequest || !strings.Contains(body, want) {
 		t.Fatalf("structured 2.0: %d %q", resp.StatusCode, body)
 	}
-	if resp, body := post(t, url, binaryHeaders("pct", map[string]string{"ce-source": "/a%zz"}), `{}`); resp.StatusCode != http.StatusBadRequest || !strings.Contains(body, "percent-encoding") {
+	if resp, body := testkit.Post(t, url, binaryHeaders("pct", map[string]string{"ce-source": "/a%zz"}), `{}`); resp.StatusCode != http.StatusBadRequest || !strings.Contains(body, "percent-encoding") {
 		t.Fatalf("malformed percent-encoding: %d %q", resp.StatusCode, body)
 	}
 }
@@ -102,10 +103,10 @@ func TestIngressErrorsSayWhatIsWrong(t *testing.T) {
 func TestLongTypeKeepsTheConnection(t *testing.T) {
 	env := startBroker(t)
 	long := "com.example." + strings.Repeat("x", 8000)
-	if resp, body := post(t, env.url+"/default/default", binaryHeaders("long-type", map[string]string{"ce-type": long}), `{}`); resp.StatusCode != http.StatusAccepted {
+	if resp, body := testkit.Post(t, env.url+"/default/default", binaryHeaders("long-type", map[string]string{"ce-type": long}), `{}`); resp.StatusCode != http.StatusAccepted {
 		t.Fatalf("long type: %d %s", resp.StatusCode, body)
 	}
-	if resp, body := post(t, env.url+"/default/default", binaryHeaders("after-long", nil), `{}`); resp.StatusCode != http.StatusAccepted {
+	if resp, body := testkit.Post(t, env.url+"/default/default", binaryHeaders("after-long", nil), `{}`); resp.StatusCode != http.StatusAccepted {
 		t.Fatalf("the next event: %d %s", resp.StatusCode, body)
 	}
 	stored, err := env.stream.GetLastMsgForSubject(context.Background(), env.ref.TypeSubject(long))

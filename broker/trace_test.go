@@ -5,7 +5,6 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
-	"strings"
 	"testing"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -14,6 +13,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/koffeeshop/koffeeshop/broker"
+	"github.com/koffeeshop/koffeeshop/broker/testkit"
 	"github.com/koffeeshop/koffeeshop/broker/tracing"
 )
 
@@ -36,19 +36,11 @@ func TestIngressContinuesTheTrace(t *testing.T) {
 	)
 	post := func(id string, header map[string]string) {
 		t.Helper()
-		req, _ := http.NewRequest(http.MethodPost, in.URL+"/default/default", strings.NewReader(`{"customer":"ada"}`))
-		for k, v := range map[string]string{"Ce-Specversion": "1.0", "Ce-Id": id, "Ce-Source": "/test", "Ce-Type": "com.example.traced", "Content-Type": "application/json"} {
-			req.Header.Set(k, v)
-		}
+		req := testkit.BinaryRequest(t, in.URL+"/default/default", testkit.Event(id, "/test", "com.example.traced", `{"customer":"ada"}`))
 		for k, v := range header {
 			req.Header.Set(k, v)
 		}
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusAccepted {
+		if resp, _ := testkit.Do(t, req); resp.StatusCode != http.StatusAccepted {
 			t.Fatalf("status %d", resp.StatusCode)
 		}
 	}

@@ -20,6 +20,7 @@ import (
 	kbroker "knative.dev/eventing/pkg/broker"
 
 	"github.com/koffeeshop/koffeeshop/broker"
+	"github.com/koffeeshop/koffeeshop/broker/testkit"
 	"github.com/koffeeshop/koffeeshop/triggers"
 )
 
@@ -412,7 +413,6 @@ func runCase(t *testing.T, tc conformanceCase) *run {
 
 	if tc.wantAttempts > 0 {
 		// Nothing more may come once the event is settled.
-		time.Sleep(100 * time.Millisecond)
 		if got := len(r.sub.got()); got != tc.wantAttempts {
 			t.Fatalf("%d attempts, want %d", got, tc.wantAttempts)
 		}
@@ -443,10 +443,7 @@ func waitResult(t *testing.T, d *triggers.Dispatcher, want result, n int64) {
 		deadLettered: &d.Stats().DeadLettered,
 		terminated:   &d.Stats().Terminated,
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for counter[want].Load() < n && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
+	testkit.WaitFor(t, 10*time.Second, fmt.Sprintf("%s = %d", want, n), func() bool { return counter[want].Load() >= n })
 	for res, c := range counter {
 		wantN := int64(0)
 		if res == want {
@@ -517,7 +514,6 @@ func TestTTLStopsAReplyLoop(t *testing.T) {
 	h.publish(newEvent("loop", "com.example.order"))
 	sub.waitAttempts(t, broker.DefaultTTL, 60*time.Second)
 	h.settled(d, 10*time.Second)
-	time.Sleep(200 * time.Millisecond)
 	if got := len(sub.got()); got != broker.DefaultTTL {
 		t.Fatalf("the loop ran %d times, want %d", got, broker.DefaultTTL)
 	}
@@ -597,7 +593,6 @@ func TestDuplicateIsDeliveredOnce(t *testing.T) {
 	h.publish(other)
 	sub.waitAttempts(t, 2, 10*time.Second)
 	h.settled(d, 10*time.Second)
-	time.Sleep(100 * time.Millisecond)
 	if got := len(sub.got()); got != 2 {
 		t.Fatalf("%d deliveries, want 2", got)
 	}
@@ -625,7 +620,6 @@ spec:
 	}
 	sub.waitAttempts(t, 2, 10*time.Second)
 	h.settled(d, 10*time.Second)
-	time.Sleep(100 * time.Millisecond)
 	var types []string
 	for _, a := range sub.got() {
 		types = append(types, a.event.Type())
@@ -656,7 +650,6 @@ func TestDeadLetterSinkThatRefusesForGood(t *testing.T) {
 	if got := d.Stats().Drops()["dead_letter_refused"]; got != 1 {
 		t.Errorf("drops %v, want dead_letter_refused 1", d.Stats().Drops())
 	}
-	time.Sleep(300 * time.Millisecond)
 	if n := len(dls.got()); n != 1 {
 		t.Errorf("the refusing sink was asked %d times, want 1", n)
 	}

@@ -17,14 +17,13 @@ import (
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 	"github.com/cloudevents/sdk-go/v2/binding"
 	cehttp "github.com/cloudevents/sdk-go/v2/protocol/http"
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	eventingv1 "knative.dev/eventing/pkg/apis/eventing/v1"
 	"knative.dev/eventing/pkg/apis/feature"
 
 	"github.com/koffeeshop/koffeeshop/broker"
+	"github.com/koffeeshop/koffeeshop/broker/testkit"
 	"github.com/koffeeshop/koffeeshop/local/manifest"
-	"github.com/koffeeshop/koffeeshop/local/natsd"
 	"github.com/koffeeshop/koffeeshop/triggers"
 )
 
@@ -37,7 +36,7 @@ func TestMain(m *testing.M) {
 	if err != nil {
 		panic(err)
 	}
-	srv, err := natsd.Start(natsd.Options{StoreDir: dir, Port: -1}, slog.New(slog.DiscardHandler))
+	srv, err := testkit.RunNATS(dir)
 	if err != nil {
 		panic(err)
 	}
@@ -59,20 +58,12 @@ type harness struct {
 
 func newHarness(t testing.TB) *harness {
 	t.Helper()
-	nc, err := nats.Connect(natsURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	js := testkit.Connect(t, natsURL)
 	ref := broker.Ref{Namespace: "default", Name: fmt.Sprintf("b%d", brokerSeq.Add(1))}
 	if _, err := broker.EnsureStream(context.Background(), js, ref, broker.StreamOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	store, err := broker.NewStore(nc, slog.New(slog.DiscardHandler), 0)
+	store, err := broker.NewStore(js.Conn(), slog.New(slog.DiscardHandler), 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -183,23 +174,21 @@ func (h *harness) storedMsgs() []*jetstream.RawStreamMsg {
 	return out
 }
 
-// settled waits until the consumer has nothing pending or unacknowledged.
+// settled waits until the consumer has nothing pending or unacknowledged
+// and the dispatcher has no delivery under way: from then on no attempt
+// can come.
 func (h *harness) settled(d *triggers.Dispatcher, timeout time.Duration) {
 	h.t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
+	testkit.Eventually(h.t, timeout, "consumer settled", func() error {
 		info, err := d.Consumer().Info(context.Background())
 		if err != nil {
 			h.t.Fatal(err)
 		}
-		if info.NumPending == 0 && info.NumAckPending == 0 && info.NumRedelivered == 0 {
-			return
+		if n := d.Stats().InFlight.Load(); info.NumPending != 0 || info.NumAckPending != 0 || info.NumRedelivered != 0 || n != 0 {
+			return fmt.Errorf("pending %d, ack pending %d, redelivered %d, deliveries under way %d", info.NumPending, info.NumAckPending, info.NumRedelivered, n)
 		}
-		if time.Now().After(deadline) {
-			h.t.Fatalf("consumer not settled: pending %d, ack pending %d, redelivered %d", info.NumPending, info.NumAckPending, info.NumRedelivered)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return nil
+	})
 }
 
 func newEvent(id, typ string) cloudevents.Event {
@@ -237,11 +226,10 @@ type subscriber struct {
 	attempts    []attempt
 	inFlight    int
 	maxInFlight int
-	arrived     chan struct{}
 }
 
 func newSubscriber(t *testing.T, script ...response) *subscriber {
-	s := &subscriber{script: script, arrived: make(chan struct{}, 1)}
+	s := &subscriber{script: script}
 	if len(s.script) == 0 {
 		s.script = []response{{status: http.StatusAccepted}}
 	}
@@ -266,10 +254,6 @@ func (s *subscriber) serve(w http.ResponseWriter, r *http.Request) {
 		s.mu.Lock()
 		s.inFlight--
 		s.mu.Unlock()
-		select {
-		case s.arrived <- struct{}{}:
-		default:
-		}
 	}()
 	resp := s.script[min(n, len(s.script)-1)]
 	if resp.delay > 0 {
@@ -312,16 +296,12 @@ func (s *subscriber) peak() int {
 // waitAttempts waits for at least n attempts.
 func (s *subscriber) waitAttempts(t *testing.T, n int, timeout time.Duration) []attempt {
 	t.Helper()
-	deadline := time.After(timeout)
-	for {
-		if got := s.got(); len(got) >= n {
-			return got
+	var got []attempt
+	testkit.Eventually(t, timeout, "attempts", func() error {
+		if got = s.got(); len(got) < n {
+			return fmt.Errorf("%d of %d", len(got), n)
 		}
-		select {
-		case <-s.arrived:
-		case <-time.After(20 * time.Millisecond):
-		case <-deadline:
-			t.Fatalf("%d of %d attempts after %s", len(s.got()), n, timeout)
-		}
-	}
+		return nil
+	})
+	return got
 }

@@ -31,7 +31,7 @@ import (
 	"github.com/koffeeshop/koffeeshop/broker"
 	"github.com/koffeeshop/koffeeshop/broker/natsconn"
 	brokerreconciler "github.com/koffeeshop/koffeeshop/broker/reconciler"
-	"github.com/koffeeshop/koffeeshop/local/natsd"
+	"github.com/koffeeshop/koffeeshop/broker/testkit"
 )
 
 // These tests read Brokers from eventing's fake clientset; the cluster
@@ -44,8 +44,8 @@ const ns = "coffee"
 // 404 for one of another class, unknown, or deleted; a Broker that becomes Ready is
 // served without a restart.
 func TestIngressServesReadyBrokersOfItsClass(t *testing.T) {
-	srv := startNATS(t)
-	js := connect(t, srv.ClientURL())
+	srv := testkit.StartNATS(t)
+	js := testkit.Connect(t, srv.ClientURL())
 	for _, name := range []string{"orders", "later"} {
 		// The controller's job: a Ready Broker has its stream.
 		if _, err := broker.EnsureStream(t.Context(), js, broker.Ref{Namespace: ns, Name: name}, broker.StreamOptions{Storage: jetstream.MemoryStorage}); err != nil {
@@ -59,7 +59,7 @@ func TestIngressServesReadyBrokersOfItsClass(t *testing.T) {
 	)
 	in := start(t, Options{}, client, srv.ClientURL())
 	in.waitReady(t)
-	eventually(t, "the Broker watch", func() error {
+	testkit.Eventually(t, 30*time.Second, "the Broker watch", func() error {
 		if watches() < 1 {
 			return errors.New("no watch yet")
 		}
@@ -95,7 +95,7 @@ func TestIngressServesReadyBrokersOfItsClass(t *testing.T) {
 	if _, err := brokers.Update(t.Context(), newBroker("later", brokerreconciler.ClassName, true), metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "coffee/later served once Ready", func() error {
+	testkit.Eventually(t, 30*time.Second, "coffee/later served once Ready", func() error {
 		if code := in.post(t, "/coffee/later", "e3", ""); code != http.StatusAccepted {
 			return fmt.Errorf("POST = %d", code)
 		}
@@ -105,7 +105,7 @@ func TestIngressServesReadyBrokersOfItsClass(t *testing.T) {
 	if err := brokers.Delete(t.Context(), "orders", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "coffee/orders refused once deleted", func() error {
+	testkit.Eventually(t, 30*time.Second, "coffee/orders refused once deleted", func() error {
 		if code := in.post(t, "/coffee/orders", "e4", ""); code != http.StatusNotFound {
 			return fmt.Errorf("POST = %d", code)
 		}
@@ -149,8 +149,8 @@ func TestStateOf(t *testing.T) {
 }
 
 func TestIngressToken(t *testing.T) {
-	srv := startNATS(t)
-	js := connect(t, srv.ClientURL())
+	srv := testkit.StartNATS(t)
+	js := testkit.Connect(t, srv.ClientURL())
 	if _, err := broker.EnsureStream(t.Context(), js, broker.Ref{Namespace: ns, Name: "orders"}, broker.StreamOptions{Storage: jetstream.MemoryStorage}); err != nil {
 		t.Fatal(err)
 	}
@@ -176,8 +176,8 @@ func TestIngressToken(t *testing.T) {
 // On shutdown the ingress turns unready, and a request already under way
 // still gets its answer, with its event stored, before the process ends.
 func TestIngressDrainsRequestsInFlight(t *testing.T) {
-	srv := startNATS(t)
-	js := connect(t, srv.ClientURL())
+	srv := testkit.StartNATS(t)
+	js := testkit.Connect(t, srv.ClientURL())
 	ref := broker.Ref{Namespace: ns, Name: "orders"}
 	if _, err := broker.EnsureStream(t.Context(), js, ref, broker.StreamOptions{Storage: jetstream.MemoryStorage}); err != nil {
 		t.Fatal(err)
@@ -195,7 +195,7 @@ func TestIngressDrainsRequestsInFlight(t *testing.T) {
 	body := `{"order":"latte"}`
 	fmt.Fprintf(conn, "POST /coffee/orders HTTP/1.1\r\nHost: x\r\nce-specversion: 1.0\r\nce-id: slow\r\nce-source: test\r\nce-type: com.koffeeshop.order.placed\r\n"+
 		"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s", len(body), body[:5])
-	eventually(t, "the request in flight", func() error {
+	testkit.Eventually(t, 30*time.Second, "the request in flight", func() error {
 		if m := in.get(t, in.probes+"/metrics"); !strings.Contains(m, "koffeeshop_broker_ingress_in_flight 1") {
 			return errors.New("not yet")
 		}
@@ -203,7 +203,7 @@ func TestIngressDrainsRequestsInFlight(t *testing.T) {
 	})
 
 	in.cancel()
-	eventually(t, "unready while draining", func() error {
+	testkit.Eventually(t, 30*time.Second, "unready while draining", func() error {
 		if code := in.status(t, in.probes+"/health/readiness"); code != http.StatusServiceUnavailable {
 			return fmt.Errorf("readiness = %d", code)
 		}
@@ -238,7 +238,7 @@ func TestIngressDrainsRequestsInFlight(t *testing.T) {
 // Run wires the real clients: an API server that cannot be reached keeps
 // the ingress unready (and answering 503, not 404) until it is stopped.
 func TestRun(t *testing.T) {
-	srv := startNATS(t)
+	srv := testkit.StartNATS(t)
 	for _, tc := range []struct {
 		name string
 		o    Options
@@ -262,7 +262,7 @@ func TestRun(t *testing.T) {
 			Addr: addr, ProbeAddr: probeAddr, Log: slog.New(slog.DiscardHandler)})
 	}()
 	in := &ingress{url: "http://" + addr, probes: "http://" + probeAddr}
-	eventually(t, "Run serving its probes", func() error {
+	testkit.Eventually(t, 30*time.Second, "Run serving its probes", func() error {
 		resp, err := http.Get(in.probes + "/health/readiness")
 		if err != nil {
 			return err
@@ -335,7 +335,7 @@ func start(t *testing.T, o Options, client *fake.Clientset, natsURL string) *ing
 
 func (in *ingress) waitReady(t *testing.T) {
 	t.Helper()
-	eventually(t, "readiness", func() error {
+	testkit.Eventually(t, 30*time.Second, "readiness", func() error {
 		if code := in.status(t, in.probes+"/health/readiness"); code != http.StatusOK {
 			return fmt.Errorf("readiness = %d", code)
 		}
@@ -355,24 +355,11 @@ func (in *ingress) stop(t *testing.T) {
 // status code.
 func (in *ingress) post(t *testing.T, path, id, token string) int {
 	t.Helper()
-	req, err := http.NewRequest(http.MethodPost, in.url+path, strings.NewReader(`{"order":"latte"}`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("Ce-Specversion", "1.0")
-	req.Header.Set("Ce-Id", id)
-	req.Header.Set("Ce-Source", "test")
-	req.Header.Set("Ce-Type", "com.koffeeshop.order.placed")
+	req := testkit.BinaryRequest(t, in.url+path, testkit.Event(id, "test", "com.koffeeshop.order.placed", `{"order":"latte"}`))
 	if token != "" {
 		req.Header.Set("Authorization", "Bearer "+token)
 	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, _ = io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
+	resp, _ := testkit.Do(t, req)
 	return resp.StatusCode
 }
 
@@ -431,30 +418,6 @@ func newBroker(name, class string, ready bool) *eventingv1.Broker {
 	return b
 }
 
-func startNATS(t *testing.T) *natsd.Server {
-	t.Helper()
-	srv, err := natsd.Start(natsd.Options{StoreDir: t.TempDir(), Port: -1}, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(srv.Shutdown)
-	return srv
-}
-
-func connect(t *testing.T, url string) jetstream.JetStream {
-	t.Helper()
-	nc, err := nats.Connect(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return js
-}
-
 func listen(t *testing.T) net.Listener {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -473,19 +436,4 @@ func freeAddr(t *testing.T) string {
 	}
 	defer ln.Close()
 	return "127.0.0.1:" + strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)
-}
-
-func eventually(t *testing.T, what string, cond func() error) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: still not, after 30s: %v", what, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net"
 	"os"
 	"strings"
@@ -35,7 +34,7 @@ import (
 	"github.com/koffeeshop/koffeeshop/broker"
 	"github.com/koffeeshop/koffeeshop/broker/natsconn"
 	brokerreconciler "github.com/koffeeshop/koffeeshop/broker/reconciler"
-	"github.com/koffeeshop/koffeeshop/local/natsd"
+	"github.com/koffeeshop/koffeeshop/broker/testkit"
 	"github.com/koffeeshop/koffeeshop/triggers"
 	triggerreconciler "github.com/koffeeshop/koffeeshop/triggers/reconciler"
 )
@@ -55,7 +54,7 @@ func TestMain(m *testing.M) {
 // Ready; another class's are not touched; deleting ours deletes the
 // consumer and the stream.
 func TestRun(t *testing.T) {
-	srv := startNATS(t, -1)
+	srv := testkit.StartNATS(t)
 	ctx, cancel, informers := rt.SetupFakeContextWithCancel(t)
 	defer cancel()
 	kube, ev := fakekubeclient.Get(ctx), fakeeventingclient.Get(ctx)
@@ -102,7 +101,7 @@ func TestRun(t *testing.T) {
 	}()
 
 	ref := broker.Ref{Namespace: ns, Name: "orders"}
-	eventually(t, "Broker coffee/orders Ready", func() error {
+	testkit.Eventually(t, 60*time.Second, "Broker coffee/orders Ready", func() error {
 		return ready(ev.EventingV1().Brokers(ns).Get(ctx, "orders", metav1.GetOptions{}))
 	})
 	info, err := js.Stream(ctx, ref.StreamName())
@@ -112,7 +111,7 @@ func TestRun(t *testing.T) {
 	if got := info.CachedInfo().Config.Storage; got != jetstream.MemoryStorage {
 		t.Errorf("stream storage = %v, want memory, as the ConfigMap says", got)
 	}
-	eventually(t, "Trigger coffee/take-order Ready", func() error {
+	testkit.Eventually(t, 60*time.Second, "Trigger coffee/take-order Ready", func() error {
 		return ready(ev.EventingV1().Triggers(ns).Get(ctx, "take-order", metav1.GetOptions{}))
 	})
 	consumer := triggers.ConsumerName(newTrigger("take-order", "orders"))
@@ -158,7 +157,7 @@ func TestRun(t *testing.T) {
 		_, err := ev.EventingV1().Brokers(ns).Create(ctx, newBroker("late", brokerreconciler.ClassName, "late-stream"), metav1.CreateOptions{})
 		return err
 	})
-	eventually(t, "Broker coffee/late ConfigMapNotFound", func() error {
+	testkit.Eventually(t, 60*time.Second, "Broker coffee/late ConfigMapNotFound", func() error {
 		return condition(ev.EventingV1().Brokers(ns).Get(ctx, "late", metav1.GetOptions{}))(
 			brokerreconciler.ConditionConfigParsed, corev1.ConditionFalse, brokerreconciler.ReasonConfigMapNotFound)
 	})
@@ -168,7 +167,7 @@ func TestRun(t *testing.T) {
 		}, metav1.CreateOptions{})
 		return err
 	})
-	eventually(t, "Broker coffee/late Ready once its ConfigMap exists", func() error {
+	testkit.Eventually(t, 60*time.Second, "Broker coffee/late Ready once its ConfigMap exists", func() error {
 		return ready(ev.EventingV1().Brokers(ns).Get(ctx, "late", metav1.GetOptions{}))
 	})
 
@@ -178,7 +177,7 @@ func TestRun(t *testing.T) {
 		_, err := ev.EventingV1().Triggers(ns).Create(ctx, late, metav1.CreateOptions{})
 		return err
 	})
-	eventually(t, "Trigger coffee/late-subscriber SubscriberResolveFailed", func() error {
+	testkit.Eventually(t, 60*time.Second, "Trigger coffee/late-subscriber SubscriberResolveFailed", func() error {
 		return condition(ev.EventingV1().Triggers(ns).Get(ctx, "late-subscriber", metav1.GetOptions{}))(
 			eventingv1.TriggerConditionSubscriberResolved, corev1.ConditionFalse, triggerreconciler.ReasonSubscriberResolveFailed)
 	})
@@ -192,7 +191,7 @@ func TestRun(t *testing.T) {
 		t.Fatal(err)
 	}
 	touched := time.Now()
-	eventually(t, "Trigger coffee/late-subscriber Ready once its Service exists", func() error {
+	testkit.Eventually(t, 60*time.Second, "Trigger coffee/late-subscriber Ready once its Service exists", func() error {
 		err := ready(ev.EventingV1().Triggers(ns).Get(ctx, "late-subscriber", metav1.GetOptions{}))
 		if err != nil && time.Since(touched) > 5*time.Second {
 			// A fake watch can miss an event that lands between its
@@ -221,7 +220,7 @@ func TestRun(t *testing.T) {
 		_, err = ev.EventingV1().Triggers(ns).Update(ctx, tr, metav1.UpdateOptions{})
 		return err
 	})
-	eventually(t, "Trigger coffee/take-order finalized", func() error {
+	testkit.Eventually(t, 60*time.Second, "Trigger coffee/take-order finalized", func() error {
 		return finalized(ev.EventingV1().Triggers(ns).Get(ctx, "take-order", metav1.GetOptions{}))
 	})
 	if _, err := js.Consumer(ctx, ref.StreamName(), consumer); !errors.Is(err, jetstream.ErrConsumerNotFound) {
@@ -237,7 +236,7 @@ func TestRun(t *testing.T) {
 		_, err = ev.EventingV1().Brokers(ns).Update(ctx, b, metav1.UpdateOptions{})
 		return err
 	})
-	eventually(t, "Broker coffee/orders finalized", func() error {
+	testkit.Eventually(t, 60*time.Second, "Broker coffee/orders finalized", func() error {
 		return finalized(ev.EventingV1().Brokers(ns).Get(ctx, "orders", metav1.GetOptions{}))
 	})
 	if _, err := js.Stream(ctx, ref.StreamName()); !errors.Is(err, jetstream.ErrStreamNotFound) {
@@ -277,7 +276,7 @@ func TestRunWithNATSDownAtStart(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- run(ctx, informers, js, Options{}) }()
 
-	eventually(t, "Broker coffee/orders NATSUnavailable", func() error {
+	testkit.Eventually(t, 60*time.Second, "Broker coffee/orders NATSUnavailable", func() error {
 		b, err := ev.EventingV1().Brokers(ns).Get(ctx, "orders", metav1.GetOptions{})
 		if err != nil {
 			return err
@@ -292,8 +291,8 @@ func TestRunWithNATSDownAtStart(t *testing.T) {
 		return nil
 	})
 
-	startNATS(t, port)
-	eventually(t, "Broker coffee/orders Ready once NATS is up", func() error {
+	testkit.StartNATS(t, testkit.Port(port))
+	testkit.Eventually(t, 60*time.Second, "Broker coffee/orders Ready once NATS is up", func() error {
 		return ready(ev.EventingV1().Brokers(ns).Get(ctx, "orders", metav1.GetOptions{}))
 	})
 	if _, err := js.Stream(ctx, broker.Ref{Namespace: ns, Name: "orders"}.StreamName()); err != nil {
@@ -310,7 +309,7 @@ func TestRunWithNATSDownAtStart(t *testing.T) {
 // context does, not with a panic (every informer and client the
 // controllers ask injection for is registered).
 func TestRunErrors(t *testing.T) {
-	srv := startNATS(t, -1)
+	srv := testkit.StartNATS(t)
 	ctx := logtesting.TestContextWithLogger(t)
 	unreachable := &rest.Config{Host: "http://127.0.0.1:1"}
 	for _, tc := range []struct {
@@ -342,16 +341,6 @@ func TestRunErrors(t *testing.T) {
 			}
 		})
 	}
-}
-
-func startNATS(t *testing.T, port int) *natsd.Server {
-	t.Helper()
-	srv, err := natsd.Start(natsd.Options{StoreDir: t.TempDir(), Port: port}, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(srv.Shutdown)
-	return srv
 }
 
 // connect connects as Run does.
@@ -455,7 +444,7 @@ func mustCreate(t *testing.T, create func() error) {
 // markDeleted retries an update that may conflict with the controller's.
 func markDeleted(t *testing.T, update func() error) {
 	t.Helper()
-	eventually(t, "deletion marked", func() error {
+	testkit.Eventually(t, 60*time.Second, "deletion marked", func() error {
 		err := update()
 		if apierrs.IsConflict(err) {
 			return err
@@ -465,19 +454,4 @@ func markDeleted(t *testing.T, update func() error) {
 		}
 		return nil
 	})
-}
-
-func eventually(t *testing.T, what string, cond func() error) {
-	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: still not, after 60s: %v", what, err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
 }

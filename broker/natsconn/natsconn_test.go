@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/koffeeshop/koffeeshop/local/natsd"
+	"github.com/koffeeshop/koffeeshop/broker/testkit"
 )
 
 func TestRegisterFlags(t *testing.T) {
@@ -78,18 +78,8 @@ func TestConnectLaterAndDrain(t *testing.T) {
 	if nc.IsConnected() {
 		t.Fatal("connected to a NATS that is not there")
 	}
-	srv, err := natsd.Start(natsd.Options{StoreDir: t.TempDir(), Port: port}, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Shutdown()
-	deadline := time.Now().Add(30 * time.Second)
-	for !nc.IsConnected() {
-		if time.Now().After(deadline) {
-			t.Fatal("not connected 30s after NATS came up")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	testkit.StartNATS(t, testkit.Port(port))
+	testkit.WaitFor(t, 30*time.Second, "connected after NATS came up", nc.IsConnected)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

@@ -3,7 +3,6 @@ package reconciler_test
 import (
 	"context"
 	"errors"
-	"log/slog"
 	"maps"
 	"testing"
 	"time"
@@ -11,7 +10,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/koffeeshop/koffeeshop/local/natsd"
+	"github.com/koffeeshop/koffeeshop/broker/testkit"
 )
 
 // natsEnv is a real JetStream: an embedded nats-server with its store in
@@ -19,8 +18,7 @@ import (
 // plane connects (no buffering while disconnected, so a NATS that is down
 // fails a call at once).
 type natsEnv struct {
-	srv *natsd.Server
-	nc  *nats.Conn
+	srv *testkit.NATS
 	js  jetstream.JetStream
 
 	// before is a stream as a row's setup left it.
@@ -29,38 +27,18 @@ type natsEnv struct {
 
 func startNATS(t *testing.T) *natsEnv {
 	t.Helper()
-	srv, err := natsd.Start(natsd.Options{StoreDir: t.TempDir()}, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	nc, err := nats.Connect(srv.ClientURL(), nats.MaxReconnects(-1), nats.ReconnectBufSize(-1))
-	if err != nil {
-		srv.Shutdown()
-		t.Fatal(err)
-	}
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	e := &natsEnv{srv: srv, nc: nc, js: js}
-	t.Cleanup(func() {
-		nc.Close()
-		srv.Shutdown()
-	})
-	return e
+	srv := testkit.StartNATS(t)
+	js := testkit.Connect(t, srv.ClientURL(), nats.MaxReconnects(-1), nats.ReconnectBufSize(-1))
+	return &natsEnv{srv: srv, js: js}
 }
 
 // stop shuts the server down and waits until the client has noticed.
 func (e *natsEnv) stop(t *testing.T) {
 	t.Helper()
 	e.srv.Shutdown()
-	deadline := time.Now().Add(10 * time.Second)
-	for e.nc.Status() == nats.CONNECTED {
-		if time.Now().After(deadline) {
-			t.Fatal("the client did not notice that NATS stopped")
-		}
-		time.Sleep(time.Millisecond)
-	}
+	testkit.WaitFor(t, 10*time.Second, "the client notices that NATS stopped", func() bool {
+		return e.js.Conn().Status() != nats.CONNECTED
+	})
 }
 
 // streamInfo returns the stream's info, or nil when it does not exist.

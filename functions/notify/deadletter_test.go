@@ -9,7 +9,6 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"strings"
-	"sync"
 	"testing"
 	"unicode/utf8"
 
@@ -18,51 +17,10 @@ import (
 	cehttp "github.com/cloudevents/sdk-go/v2/protocol/http"
 	"knative.dev/eventing/pkg/kncloudevents/attributes"
 
+	"github.com/koffeeshop/koffeeshop/broker/testkit"
 	"github.com/koffeeshop/koffeeshop/functions/coffee"
 	"github.com/koffeeshop/koffeeshop/functions/serve"
 )
-
-// brokerStub stands in for K_SINK: it stores the events it accepts and
-// answers status (202 unless told otherwise).
-type brokerStub struct {
-	srv    *httptest.Server
-	mu     sync.Mutex
-	status int
-	events []cloudevents.Event
-}
-
-func newBrokerStub(t *testing.T) *brokerStub {
-	t.Helper()
-	b := &brokerStub{status: http.StatusAccepted}
-	b.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		ev, err := binding.ToEvent(r.Context(), cehttp.NewMessageFromHttpRequest(r))
-		if err != nil {
-			http.Error(w, err.Error(), http.StatusBadRequest)
-			return
-		}
-		b.mu.Lock()
-		status := b.status
-		if status/100 == 2 {
-			b.events = append(b.events, *ev)
-		}
-		b.mu.Unlock()
-		w.WriteHeader(status)
-	}))
-	t.Cleanup(b.srv.Close)
-	return b
-}
-
-func (b *brokerStub) answer(status int) {
-	b.mu.Lock()
-	b.status = status
-	b.mu.Unlock()
-}
-
-func (b *brokerStub) stored() []cloudevents.Event {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return append([]cloudevents.Event(nil), b.events...)
-}
 
 // notifyServer runs the notify function, dead-letter route included, with
 // K_SINK at sink ("" for none).
@@ -141,8 +99,8 @@ func failedOf(t *testing.T, e cloudevents.Event) coffee.Failed {
 // refuse reach the dead-letter path, which tells the Broker they failed, with
 // the order id the board knows and take-order's words as the reason.
 func TestRefusedOrdersBecomeOrderFailed(t *testing.T) {
-	broker := newBrokerStub(t)
-	url := notifyServer(t, broker.srv.URL+"/default/default") + deadLetterPath
+	broker := testkit.NewSink(t)
+	url := notifyServer(t, broker.URL+"/default/default") + deadLetterPath
 	const shape = `; an order is {"customer": "...", "beverage": "..."} as application/json`
 	for _, tc := range []struct {
 		name string
@@ -154,12 +112,12 @@ func TestRefusedOrdersBecomeOrderFailed(t *testing.T) {
 		{"json string", placedWith(t, "p-3", "application/json", `"latte"`), "invalid order: decode com.koffeeshop.order.placed data: json: cannot unmarshal string into Go value of type coffee.Order" + shape + "\n"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			before := len(broker.stored())
+			before := len(broker.Events())
 			code, body := deadLetter(t, url, tc.in, http.StatusBadRequest, tc.body)
 			if code != http.StatusOK || body != "" {
 				t.Fatalf("dead letter answered %d %q, want 200 without a body", code, body)
 			}
-			stored := broker.stored()
+			stored := broker.Events()
 			if len(stored) != before+1 {
 				t.Fatalf("the broker got %d events, want 1", len(stored)-before)
 			}
@@ -190,8 +148,8 @@ func TestRefusedOrdersBecomeOrderFailed(t *testing.T) {
 // order failed, from its payload, else its subject; an order that decodes
 // keeps its customer and beverage; no body gives the status as the reason.
 func TestDeadLettersOfOtherEvents(t *testing.T) {
-	broker := newBrokerStub(t)
-	url := notifyServer(t, broker.srv.URL) + deadLetterPath
+	broker := testkit.NewSink(t)
+	url := notifyServer(t, broker.URL) + deadLetterPath
 
 	placed := placedWith(t, "p-ok", "application/json", `{"customer":"ada","beverage":"latte"}`)
 	accepted := placedWith(t, "a-1", "application/json", `{"orderId":"o-7","customer":"grace","beverage":"mocha"}`)
@@ -215,11 +173,11 @@ func TestDeadLettersOfOtherEvents(t *testing.T) {
 		{"not of the shop", opaque, 400, coffee.Failed{Reason: "subscriber answered 400", Code: 400, Destination: subscriber}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			before := len(broker.stored())
+			before := len(broker.Events())
 			if code, body := deadLetter(t, url, tc.in, tc.code, ""); code != http.StatusOK {
 				t.Fatalf("dead letter answered %d %q", code, body)
 			}
-			stored := broker.stored()
+			stored := broker.Events()
 			if len(stored) != before+1 {
 				t.Fatalf("the broker got %d events, want 1", len(stored)-before)
 			}
@@ -233,15 +191,15 @@ func TestDeadLettersOfOtherEvents(t *testing.T) {
 // TestRedeliveredDeadLetterIsTheSameEvent: the dispatcher may deliver a dead
 // letter again; the Broker dedups order.failed only if it is identical.
 func TestRedeliveredDeadLetterIsTheSameEvent(t *testing.T) {
-	broker := newBrokerStub(t)
-	url := notifyServer(t, broker.srv.URL) + deadLetterPath
+	broker := testkit.NewSink(t)
+	url := notifyServer(t, broker.URL) + deadLetterPath
 	in := placedWith(t, "again", "text/plain", "latte")
 	for range 2 {
 		if code, body := deadLetter(t, url, in, 400, "invalid order"); code != http.StatusOK {
 			t.Fatalf("answered %d %q", code, body)
 		}
 	}
-	got := broker.stored()
+	got := broker.Events()
 	if len(got) != 2 {
 		t.Fatalf("%d events sent, want 2", len(got))
 	}
@@ -253,25 +211,25 @@ func TestRedeliveredDeadLetterIsTheSameEvent(t *testing.T) {
 // TestDeadLetterRetriedUntilTold: when the Broker does not take order.failed,
 // the dead letter is answered 5xx, which the dispatcher retries.
 func TestDeadLetterRetriedUntilTold(t *testing.T) {
-	broker := newBrokerStub(t)
-	url := notifyServer(t, broker.srv.URL) + deadLetterPath
+	broker := testkit.NewSink(t)
+	url := notifyServer(t, broker.URL) + deadLetterPath
 	in := placedWith(t, "retry", "text/plain", "latte")
 
-	broker.answer(http.StatusServiceUnavailable)
+	broker.Answer(http.StatusServiceUnavailable)
 	code, body := deadLetter(t, url, in, 400, "invalid order")
 	if code != http.StatusBadGateway || !strings.Contains(body, "503") {
 		t.Errorf("broker refusing: answered %d %q, want 502 naming the broker's 503", code, body)
 	}
 
-	broker.answer(http.StatusAccepted)
+	broker.Answer(http.StatusAccepted)
 	if code, body := deadLetter(t, url, in, 400, "invalid order"); code != http.StatusOK {
 		t.Errorf("broker back: answered %d %q", code, body)
 	}
-	if n := len(broker.stored()); n != 1 {
+	if n := len(broker.Events()); n != 1 {
 		t.Errorf("%d events stored, want 1", n)
 	}
 
-	broker.srv.Close()
+	broker.Close()
 	if code, _ := deadLetter(t, url, in, 400, "invalid order"); code != http.StatusBadGateway {
 		t.Errorf("broker gone: answered %d, want 502", code)
 	}
@@ -283,8 +241,8 @@ func TestDeadLetterRetriedUntilTold(t *testing.T) {
 }
 
 func TestDeadLetterRefusals(t *testing.T) {
-	broker := newBrokerStub(t)
-	base := notifyServer(t, broker.srv.URL)
+	broker := testkit.NewSink(t)
+	base := notifyServer(t, broker.URL)
 
 	// An order.failed that could not be delivered is not told again.
 	failed := placedWith(t, "f-1", "application/json", `{"orderId":"o-1","reason":"x"}`)
@@ -312,7 +270,7 @@ func TestDeadLetterRefusals(t *testing.T) {
 	if code, _ := deadLetter(t, base+"/", plain, 400, "no"); code != http.StatusBadRequest {
 		t.Errorf("dead letter on /: answered %d, want 400", code)
 	}
-	if n := len(broker.stored()); n != 0 {
+	if n := len(broker.Events()); n != 0 {
 		t.Errorf("%d events sent, want none", n)
 	}
 }

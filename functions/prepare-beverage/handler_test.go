@@ -7,16 +7,13 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
-	"net/http/httptest"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
-	"github.com/cloudevents/sdk-go/v2/binding"
-	cehttp "github.com/cloudevents/sdk-go/v2/protocol/http"
 
+	"github.com/koffeeshop/koffeeshop/broker/testkit"
 	"github.com/koffeeshop/koffeeshop/functions/coffee"
 	"github.com/koffeeshop/koffeeshop/functions/serve"
 )
@@ -180,23 +177,7 @@ func TestProgressEventOnStart(t *testing.T) {
 // it over HTTP before the beverage is ready, and a sink that refuses it
 // does not stop the brew.
 func TestProgressEventReachesSink(t *testing.T) {
-	var (
-		mu     sync.Mutex
-		got    []cloudevents.Event
-		status = http.StatusAccepted
-	)
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		ev, err := binding.ToEvent(r.Context(), cehttp.NewMessageFromHttpRequest(r))
-		if err != nil {
-			http.Error(w, err.Error(), http.StatusBadRequest)
-			return
-		}
-		mu.Lock()
-		defer mu.Unlock()
-		got = append(got, *ev)
-		w.WriteHeader(status)
-	}))
-	defer srv.Close()
+	srv := testkit.NewSink(t)
 	sink, err := serve.NewSink(srv.URL+"/default/default", progressTimeout)
 	if err != nil {
 		t.Fatal(err)
@@ -206,12 +187,10 @@ func TestProgressEventReachesSink(t *testing.T) {
 	if _, err := b.handle(serve.WithInstance(context.Background(), "prepare-beverage-3"), in); err != nil {
 		t.Fatal(err)
 	}
-	mu.Lock()
-	if len(got) != 1 || got[0].Type() != coffee.TypeBeveragePreparing || got[0].ID() != coffee.ReplyID(in.Source(), in.ID(), coffee.TypeBeveragePreparing) {
+	if got := srv.Events(); len(got) != 1 || got[0].Type() != coffee.TypeBeveragePreparing || got[0].ID() != coffee.ReplyID(in.Source(), in.ID(), coffee.TypeBeveragePreparing) {
 		t.Fatalf("sink received %v", got)
 	}
-	status = http.StatusServiceUnavailable
-	mu.Unlock()
+	srv.Answer(http.StatusServiceUnavailable)
 
 	var logs bytes.Buffer
 	out, err := b.handle(baristaCtx(&logs, "prepare-beverage-3"), accepted(t, "acc-sink-2", sampleOrder()))

@@ -8,6 +8,7 @@ import (
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 
+	"github.com/koffeeshop/koffeeshop/broker/testkit"
 	"github.com/koffeeshop/koffeeshop/functions/serve"
 )
 
@@ -25,8 +26,8 @@ func TestRoutesServeTheirOwnHandler(t *testing.T) {
 	}
 	r := start(t, serve.Config{Instance: "inst-r"}, echo, serve.Route{Path: "/dead-letter", Handler: dead})
 
-	resp := postBinary(t, r.url+"/dead-letter", "dl-1", "test.request", `{}`)
-	if body := readBody(t, resp); resp.StatusCode != http.StatusOK || body != "" || resp.Header.Get("Ce-Type") != "" {
+	resp, body := testkit.PostBinary(t, r.url+"/dead-letter", testkit.Event("dl-1", "/test/client", "test.request", `{}`))
+	if resp.StatusCode != http.StatusOK || body != "" || resp.Header.Get("Ce-Type") != "" {
 		t.Errorf("route: status %d, body %q, Ce-Type %q; want 200 without a body", resp.StatusCode, body, resp.Header.Get("Ce-Type"))
 	}
 	if len(seen) != 1 || seen[0] != "dl-1" {
@@ -34,8 +35,7 @@ func TestRoutesServeTheirOwnHandler(t *testing.T) {
 	}
 
 	for _, path := range []string{"/", "/dead-letter/more", "/other"} {
-		resp := postBinary(t, r.url+path, "main-1", "test.request", `{"n":2}`)
-		body := readBody(t, resp)
+		resp, body := testkit.PostBinary(t, r.url+path, testkit.Event("main-1", "/test/client", "test.request", `{"n":2}`))
 		if resp.StatusCode != http.StatusOK || resp.Header.Get("Ce-Type") != "test.reply" {
 			t.Errorf("POST %s: status %d, Ce-Type %q, body %q; want the main handler's reply", path, resp.StatusCode, resp.Header.Get("Ce-Type"), body)
 		}
@@ -46,8 +46,8 @@ func TestRoutesServeTheirOwnHandler(t *testing.T) {
 
 	// A route is an ordinary event endpoint: its errors map to statuses,
 	// its logs carry the event.
-	resp = postBinary(t, r.url+"/dead-letter", "dl-2", "refuse", `{}`)
-	if body := readBody(t, resp); resp.StatusCode != http.StatusBadRequest || !strings.Contains(body, "not a dead letter: dl-2") {
+	resp, body = testkit.PostBinary(t, r.url+"/dead-letter", testkit.Event("dl-2", "/test/client", "refuse", `{}`))
+	if resp.StatusCode != http.StatusBadRequest || !strings.Contains(body, "not a dead letter: dl-2") {
 		t.Errorf("refusal: status %d, body %q", resp.StatusCode, body)
 	}
 	if logs := r.logs.String(); !strings.Contains(logs, `msg="dead letter"`) || !strings.Contains(logs, "eventId=dl-1") {
@@ -63,8 +63,8 @@ func TestErrorBodyIsTheMessage(t *testing.T) {
 		return nil, serve.BadRequest("invalid order: %s", "no data")
 	}
 	r := start(t, serve.Config{}, h)
-	resp := postBinary(t, r.url+"/", "e-1", "test.request", `{}`)
-	if body := readBody(t, resp); resp.StatusCode != http.StatusBadRequest || strings.TrimSpace(body) != "invalid order: no data" {
+	resp, body := testkit.PostBinary(t, r.url+"/", testkit.Event("e-1", "/test/client", "test.request", `{}`))
+	if resp.StatusCode != http.StatusBadRequest || strings.TrimSpace(body) != "invalid order: no data" {
 		t.Errorf("status %d, body %q; want 400 with the message alone", resp.StatusCode, body)
 	}
 	if got := serve.Message(serve.BadRequest("x %d", 1)); got != "x 1" {
@@ -102,7 +102,7 @@ func TestDescribeAnswersGET(t *testing.T) {
 	if code != http.StatusOK || strings.TrimSpace(body) != "{\n  \"menu\": [\n    \"latte\"\n  ]\n}" {
 		t.Fatalf("GET / = %d %q", code, body)
 	}
-	if resp := postBinary(t, r.url+"/", "evt-d", "test.request", `{}`); resp.StatusCode != http.StatusOK {
+	if resp, _ := testkit.PostBinary(t, r.url+"/", testkit.Event("evt-d", "/test/client", "test.request", `{}`)); resp.StatusCode != http.StatusOK {
 		t.Fatalf("POST / = %d", resp.StatusCode)
 	}
 	if _, err := serve.New(serve.Config{}, echo, serve.Describe(1), serve.Describe(2)); err == nil {

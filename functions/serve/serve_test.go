@@ -18,6 +18,7 @@ import (
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 
+	"github.com/koffeeshop/koffeeshop/broker/testkit"
 	"github.com/koffeeshop/koffeeshop/functions/serve"
 )
 
@@ -102,24 +103,6 @@ func (r *running) wait(t *testing.T) error {
 	}
 }
 
-func postBinary(t *testing.T, url, id, typ, body string) *http.Response {
-	t.Helper()
-	req, err := http.NewRequestWithContext(t.Context(), http.MethodPost, url, strings.NewReader(body))
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.Header.Set("Ce-Specversion", "1.0")
-	req.Header.Set("Ce-Id", id)
-	req.Header.Set("Ce-Source", "/test/client")
-	req.Header.Set("Ce-Type", typ)
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatalf("POST: %v", err)
-	}
-	return resp
-}
-
 func readBody(t *testing.T, resp *http.Response) string {
 	t.Helper()
 	defer resp.Body.Close()
@@ -146,8 +129,7 @@ func get(t *testing.T, url string) (int, string) {
 func TestBinaryEventGetsBinaryReply(t *testing.T) {
 	r := start(t, serve.Config{Instance: "inst-1"}, echo)
 
-	resp := postBinary(t, r.url+"/", "evt-1", "test.request", `{"hello":"world"}`)
-	body := readBody(t, resp)
+	resp, body := testkit.PostBinary(t, r.url+"/", testkit.Event("evt-1", "/test/client", "test.request", `{"hello":"world"}`))
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("status = %d, body %q", resp.StatusCode, body)
 	}
@@ -233,8 +215,7 @@ func TestHandlerErrorsMapToStatus(t *testing.T) {
 		{"none", http.StatusOK, ""},
 	} {
 		t.Run(tc.typ, func(t *testing.T) {
-			resp := postBinary(t, r.url+"/", "id-"+tc.typ, tc.typ, `{}`)
-			body := readBody(t, resp)
+			resp, body := testkit.PostBinary(t, r.url+"/", testkit.Event("id-"+tc.typ, "/test/client", tc.typ, `{}`))
 			if resp.StatusCode != tc.status {
 				t.Errorf("status = %d, want %d (body %q)", resp.StatusCode, tc.status, body)
 			}
@@ -270,8 +251,7 @@ func TestRejectsNonEvents(t *testing.T) {
 		}
 	})
 	t.Run("empty id", func(t *testing.T) {
-		resp := postBinary(t, r.url+"/", "", "test.request", `{}`)
-		readBody(t, resp)
+		resp, _ := testkit.PostBinary(t, r.url+"/", testkit.Event("", "/test/client", "test.request", `{}`))
 		if resp.StatusCode != http.StatusBadRequest {
 			t.Errorf("status = %d, want 400", resp.StatusCode)
 		}
@@ -297,8 +277,7 @@ func TestRejectsNonEvents(t *testing.T) {
 		})
 	}
 	t.Run("too large", func(t *testing.T) {
-		resp := postBinary(t, r.url+"/", "big", "test.request", `"`+strings.Repeat("x", 2048)+`"`)
-		readBody(t, resp)
+		resp, _ := testkit.PostBinary(t, r.url+"/", testkit.Event("big", "/test/client", "test.request", `"`+strings.Repeat("x", 2048)+`"`))
 		if resp.StatusCode != http.StatusRequestEntityTooLarge {
 			t.Errorf("status = %d, want 413", resp.StatusCode)
 		}
@@ -394,25 +373,18 @@ func TestGracefulDrain(t *testing.T) {
 
 	r.stop()
 
-	deadline := time.Now().Add(5 * time.Second)
-	for readiness(r.srv) != http.StatusServiceUnavailable {
-		if time.Now().After(deadline) {
-			t.Fatal("readiness never turned 503 after shutdown began")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testkit.WaitFor(t, 5*time.Second, "readiness 503 after shutdown began", func() bool {
+		return readiness(r.srv) == http.StatusServiceUnavailable
+	})
 	// New connections are refused once the listener is closed.
-	for {
+	testkit.WaitFor(t, 5*time.Second, "the listener refusing connections after shutdown began", func() bool {
 		conn, err := net.DialTimeout("tcp", strings.TrimPrefix(r.url, "http://"), time.Second)
 		if err != nil {
-			break
+			return true
 		}
 		conn.Close()
-		if time.Now().After(deadline) {
-			t.Fatal("listener still accepting after shutdown began")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		return false
+	})
 	select {
 	case err := <-r.done:
 		t.Fatalf("Serve returned %v with a request in flight", err)

@@ -24,8 +24,8 @@ import (
 // recordingSink is a CloudEvents receiver that answers every event with
 // status and body, and counts the connections it was sent on.
 type recordingSink struct {
-	srv    *httptest.Server
-	conns  atomic.Int64
+	srv     *httptest.Server
+	conns   atomic.Int64
 	mu      sync.Mutex
 	events  []cloudevents.Event
 	headers []http.Header

@@ -2,12 +2,12 @@ package serve_test
 
 import (
 	"net/http"
-	"strings"
 	"testing"
 
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 
+	"github.com/koffeeshop/koffeeshop/broker/testkit"
 	"github.com/koffeeshop/koffeeshop/functions/serve"
 )
 
@@ -21,15 +21,9 @@ func TestHandlingContinuesTheTrace(t *testing.T) {
 	r := start(t, serve.Config{Instance: "inst-t", Name: "echo", Tracer: tp}, echo)
 
 	const parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
-	req, _ := http.NewRequestWithContext(t.Context(), http.MethodPost, r.url+"/", strings.NewReader(`{"hello":"world"}`))
-	for k, v := range map[string]string{"Ce-Specversion": "1.0", "Ce-Id": "evt-t", "Ce-Source": "/test/client", "Ce-Type": "test.request", "Content-Type": "application/json", "Traceparent": parent} {
-		req.Header.Set(k, v)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	readBody(t, resp)
+	req := testkit.BinaryRequest(t, r.url+"/", testkit.Event("evt-t", "/test/client", "test.request", `{"hello":"world"}`))
+	req.Header.Set("Traceparent", parent)
+	resp, _ := testkit.Do(t, req)
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("status %d", resp.StatusCode)
 	}
@@ -56,15 +50,9 @@ func TestUnsampledTraceGoesOnWithoutASpan(t *testing.T) {
 	r := start(t, serve.Config{Instance: "inst-u", Name: "echo", Tracer: tp}, echo)
 
 	const parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"
-	req, _ := http.NewRequestWithContext(t.Context(), http.MethodPost, r.url+"/", strings.NewReader(`{}`))
-	for k, v := range map[string]string{"Ce-Specversion": "1.0", "Ce-Id": "evt-u", "Ce-Source": "/test/client", "Ce-Type": "test.request", "Content-Type": "application/json", "Traceparent": parent} {
-		req.Header.Set(k, v)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	readBody(t, resp)
+	req := testkit.BinaryRequest(t, r.url+"/", testkit.Event("evt-u", "/test/client", "test.request", `{}`))
+	req.Header.Set("Traceparent", parent)
+	resp, _ := testkit.Do(t, req)
 	if n := len(rec.Started()); n != 0 {
 		t.Errorf("%d spans started for an unsampled trace, want 0", n)
 	}

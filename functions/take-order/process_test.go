@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"io"
 	"net"
 	"net/http"
@@ -17,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/koffeeshop/koffeeshop/broker/testkit"
 	"github.com/koffeeshop/koffeeshop/functions/coffee"
 )
 
@@ -102,18 +102,10 @@ func TestProcess(t *testing.T) {
 
 	client := &http.Client{Timeout: 5 * time.Second}
 	base := "http://" + addr
-	waitReady(ctx, t, client, base, exited)
+	waitReady(t, base, exited)
 
 	body := `{"customer":"ada","beverage":"latte"}`
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, base+"/", strings.NewReader(body))
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.Header.Set("Ce-Specversion", "1.0")
-	req.Header.Set("Ce-Id", "proc-1")
-	req.Header.Set("Ce-Source", "/test/web")
-	req.Header.Set("Ce-Type", coffee.TypeOrderPlaced)
-	req.Header.Set("Content-Type", "application/json")
+	req := testkit.BinaryRequest(t, base+"/", testkit.Event("proc-1", "/test/web", coffee.TypeOrderPlaced, body)).WithContext(ctx)
 	resp, err := client.Do(req)
 	if err != nil {
 		t.Fatalf("POST order: %v", err)
@@ -164,30 +156,14 @@ func TestProcess(t *testing.T) {
 }
 
 // waitReady polls the readiness endpoint until it answers 200.
-func waitReady(ctx context.Context, t *testing.T, client *http.Client, base string, exited <-chan struct{}) {
+func waitReady(t *testing.T, base string, exited <-chan struct{}) {
 	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for {
+	testkit.Eventually(t, 15*time.Second, "take-order ready", func() error {
 		select {
 		case <-exited:
 			t.Fatal("take-order exited before becoming ready")
 		default:
 		}
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/health/readiness", nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp, err := client.Do(req)
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return
-			}
-			err = errors.New(resp.Status)
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("take-order not ready: %v", err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return testkit.GetOK(base + "/health/readiness")
+	})
 }

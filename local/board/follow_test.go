@@ -8,13 +8,11 @@ import (
 	"time"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/koffeeshop/koffeeshop/broker"
+	"github.com/koffeeshop/koffeeshop/broker/testkit"
 	"github.com/koffeeshop/koffeeshop/functions/coffee"
 	"github.com/koffeeshop/koffeeshop/local/board"
-	"github.com/koffeeshop/koffeeshop/local/natsd"
 )
 
 // TestFollowReadsTheStreamAndRebuildsAfterARestart: the board follows the
@@ -22,25 +20,12 @@ import (
 // anew (the runner restarted) shows the same orders from the stream.
 func TestFollowReadsTheStreamAndRebuildsAfterARestart(t *testing.T) {
 	log := slog.New(slog.DiscardHandler)
-	srv, err := natsd.Start(natsd.Options{StoreDir: t.TempDir(), Port: -1}, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(srv.Shutdown)
-	nc, err := nats.Connect(srv.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	js := testkit.JetStream(t)
 	ref := broker.Ref{Namespace: "default", Name: "default"}
 	if _, err := broker.EnsureStream(t.Context(), js, ref, broker.StreamOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	store, err := broker.NewStore(nc, log, 0)
+	store, err := broker.NewStore(js.Conn(), log, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -64,21 +49,15 @@ func TestFollowReadsTheStreamAndRebuildsAfterARestart(t *testing.T) {
 	}
 	waitCounts := func(b *board.Board, want map[string]int) {
 		t.Helper()
-		deadline := time.Now().Add(10 * time.Second)
-		for {
+		testkit.Eventually(t, 10*time.Second, "board stages", func() error {
 			got := b.Counts()
-			ok := true
 			for k, v := range want {
-				ok = ok && got[k] == v
+				if got[k] != v {
+					return fmt.Errorf("%v, want %v", got, want)
+				}
 			}
-			if ok {
-				return
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("board stages %v, want %v", got, want)
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
+			return nil
+		})
 	}
 
 	b, stop := follow()

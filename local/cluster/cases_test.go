@@ -27,6 +27,7 @@ import (
 	servingv1 "knative.dev/serving/pkg/apis/serving/v1"
 
 	"github.com/koffeeshop/koffeeshop/broker"
+	"github.com/koffeeshop/koffeeshop/broker/testkit"
 	"github.com/koffeeshop/koffeeshop/functions/coffee"
 )
 
@@ -45,19 +46,18 @@ func moduleRoot(t *testing.T) string {
 // and returns it.
 func (c *cluster) triggerCondition(t *testing.T, name string, cond apis.ConditionType, want corev1.ConditionStatus) *apis.Condition {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	var cc *apis.Condition
+	testkit.Eventually(t, 30*time.Second, fmt.Sprintf("Trigger %s: %s %s", name, cond, want), func() error {
 		tr, err := c.eventing.EventingV1().Triggers(shopNS).Get(context.Background(), name, metav1.GetOptions{})
-		if err == nil {
-			if cc := tr.Status.GetCondition(cond); cc != nil && cc.Status == want && tr.Status.ObservedGeneration == tr.Generation {
-				return cc
-			}
+		if err != nil {
+			return err
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("Trigger %s: %s never became %s (%v)", name, cond, want, err)
+		if cc = tr.Status.GetCondition(cond); cc == nil || cc.Status != want || tr.Status.ObservedGeneration != tr.Generation {
+			return fmt.Errorf("%v at generation %d of %d", cc, tr.Status.ObservedGeneration, tr.Generation)
 		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return nil
+	})
+	return cc
 }
 
 func (c *cluster) testMissingSubscriber(t *testing.T) {
@@ -82,12 +82,12 @@ func (c *cluster) testMissingSubscriber(t *testing.T) {
 }
 
 func (c *cluster) testFilterEdit(t *testing.T) {
-	sub := newCollector(t)
+	sub := testkit.NewSink(t)
 	uri := duckv1.Destination{URI: apis.HTTP(strings.TrimPrefix(sub.URL, "http://"))}
 	c.createTrigger(t, "watch", []eventingv1.SubscriptionsAPIFilter{{Exact: map[string]string{"type": "com.example.a"}}}, uri)
 	c.trigger(t, "watch")
 	of := func(id string) int {
-		return len(sub.matching(func(e cloudevents.Event) bool { return e.ID() == id }))
+		return len(sub.Matching(func(e cloudevents.Event) bool { return e.ID() == id }))
 	}
 	// The dispatcher learns of the Trigger from the API server: send
 	// until the first event arrives.
@@ -124,21 +124,20 @@ func (c *cluster) testFilterEdit(t *testing.T) {
 	}
 }
 
-// waitDelivered sends with send (once per try, up to 100 tries, 100 ms
-// apart) until an id it sent has arrived.
+// waitDelivered sends with send, once more each time none of the ids it
+// sent has arrived yet, until one has.
 func waitDelivered(t *testing.T, what string, send func(i int) string, arrived func(id string) int) {
 	t.Helper()
 	var sent []string
-	for i := 0; i < 100; i++ {
-		sent = append(sent, send(i))
-		time.Sleep(100 * time.Millisecond)
+	testkit.Eventually(t, 30*time.Second, what+" delivered", func() error {
 		for _, id := range sent {
 			if arrived(id) > 0 {
-				return
+				return nil
 			}
 		}
-	}
-	t.Fatalf("%s never arrived", what)
+		sent = append(sent, send(len(sent)))
+		return fmt.Errorf("none of %d sent arrived", len(sent))
+	})
 }
 
 func (c *cluster) testDispatcherKill9(t *testing.T) {
@@ -156,24 +155,20 @@ func (c *cluster) testDispatcherKill9(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	deadline := time.Now().Add(90 * time.Second)
-	for {
-		got := c.collector.notifiedOrders()
+	testkit.Eventually(t, 90*time.Second, "dispatcher kill -9: every order reaching customer.notified", func() error {
+		got := notifiedOrders(c.collector)
 		lost := 0
 		for _, id := range want {
 			if got[id] == 0 {
 				lost++
 			}
 		}
-		if lost == 0 {
-			t.Logf("RESULT dispatcher kill -9 on the cluster path: sent %d, accepted %d, delivered %d, lost 0", orders, orders, orders)
-			return
+		if lost > 0 {
+			return fmt.Errorf("%d of %d orders not there", lost, orders)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("dispatcher kill -9: %d of %d orders never reached customer.notified", lost, orders)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		return nil
+	})
+	t.Logf("RESULT dispatcher kill -9 on the cluster path: sent %d, accepted %d, delivered %d, lost 0", orders, orders, orders)
 }
 
 // jetStreamState lists the streams and every consumer of the shop's stream.
@@ -260,17 +255,13 @@ func (c *cluster) testDeletes(t *testing.T) {
 // server when want is nil).
 func waitGone(t *testing.T, what string, check func() error, want error) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	testkit.Eventually(t, 30*time.Second, what+" gone", func() error {
 		err := check()
 		if (want != nil && errors.Is(err, want)) || (want == nil && apierrors.IsNotFound(err)) {
-			return
+			return nil
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s is still there (%v)", what, err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return fmt.Errorf("still there (%v)", err)
+	})
 }
 
 func (c *cluster) testRBAC(t *testing.T) {
@@ -351,21 +342,19 @@ func (c *cluster) testBadObjects(t *testing.T) {
 	if _, err := c.eventing.EventingV1().Brokers(shopNS).Create(ctx, bad, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	var r *apis.Condition
+	testkit.Eventually(t, 30*time.Second, "Broker bad-config Ready=False", func() error {
 		b, err := c.eventing.EventingV1().Brokers(shopNS).Get(ctx, "bad-config", metav1.GetOptions{})
-		if err == nil {
-			if r := b.Status.GetCondition(apis.ConditionReady); r != nil && r.IsFalse() {
-				if !strings.Contains(r.Message, "no-such-config") {
-					t.Errorf("Ready=False says %s: %q; want it to name the ConfigMap", r.Reason, r.Message)
-				}
-				break
-			}
+		if err != nil {
+			return err
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("Broker bad-config never became Ready=False (%v)", err)
+		if r = b.Status.GetCondition(apis.ConditionReady); r == nil || !r.IsFalse() {
+			return fmt.Errorf("Ready is %v", r)
 		}
-		time.Sleep(50 * time.Millisecond)
+		return nil
+	})
+	if !strings.Contains(r.Message, "no-such-config") {
+		t.Errorf("Ready=False says %s: %q; want it to name the ConfigMap", r.Reason, r.Message)
 	}
 
 	c.createTrigger(t, "bad-filter", []eventingv1.SubscriptionsAPIFilter{{CESQL: "type = "}},

@@ -3,21 +3,15 @@ package cluster_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
-	"io"
-	"log/slog"
 	"net/http"
-	"net/http/httptest"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
-	"github.com/cloudevents/sdk-go/v2/binding"
-	cehttp "github.com/cloudevents/sdk-go/v2/protocol/http"
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
@@ -28,9 +22,9 @@ import (
 	servingclient "knative.dev/serving/pkg/client/clientset/versioned"
 
 	"github.com/koffeeshop/koffeeshop/broker"
+	"github.com/koffeeshop/koffeeshop/broker/testkit"
 	"github.com/koffeeshop/koffeeshop/functions/coffee"
 	"github.com/koffeeshop/koffeeshop/local/kubeapi"
-	"github.com/koffeeshop/koffeeshop/local/natsd"
 	"github.com/koffeeshop/koffeeshop/triggers"
 )
 
@@ -57,7 +51,7 @@ type cluster struct {
 
 	controller, ingress, dispatcher *proc
 	ingressURL                      string
-	collector                       *collector
+	collector                       *testkit.Sink
 }
 
 func TestClusterPath(t *testing.T) {
@@ -75,20 +69,8 @@ func TestClusterPath(t *testing.T) {
 
 func startCluster(t *testing.T) *cluster {
 	api := kubeapi.ForTest(t)
-	srv, err := natsd.Start(natsd.Options{StoreDir: t.TempDir(), Port: -1}, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(srv.Shutdown)
-	nc, err := nats.Connect(srv.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	srv := testkit.StartNATS(t)
+	js := testkit.Connect(t, srv.ClientURL())
 	c := &cluster{
 		t: t, api: api, js: js, natsURL: srv.ClientURL(),
 		kube:     kubernetes.NewForConfigOrDie(api.Config),
@@ -110,7 +92,7 @@ func startCluster(t *testing.T) *cluster {
 	for _, fn := range []string{"take-order", "prepare-beverage", "notify"} {
 		c.serving.serve(t, shopNS, fn)
 	}
-	c.collector = newCollector(t)
+	c.collector = testkit.NewSink(t)
 	c.createTrigger(t, "observer", nil, duckv1.Destination{URI: apis.HTTP(strings.TrimPrefix(c.collector.URL, "http://"))})
 	return c
 }
@@ -143,25 +125,23 @@ func configDir(t *testing.T) string {
 // ready waits until get's object has Ready=True at its generation.
 func ready(t *testing.T, what string, timeout time.Duration, get func() (duckv1.KRShaped, error)) duckv1.KRShaped {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	var last string
-	for {
-		obj, err := get()
-		if err == nil {
-			st := obj.GetStatus()
-			if c := st.GetCondition(apis.ConditionReady); c != nil && c.IsTrue() && st.ObservedGeneration == obj.GetGeneration() {
-				return obj
-			} else if c != nil {
-				last = fmt.Sprintf("%s %s: %s", c.Status, c.Reason, c.Message)
-			}
-		} else {
-			last = err.Error()
+	var obj duckv1.KRShaped
+	testkit.Eventually(t, timeout, what+" Ready", func() error {
+		var err error
+		if obj, err = get(); err != nil {
+			return err
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s not Ready after %s: %s", what, timeout, last)
+		st := obj.GetStatus()
+		c := st.GetCondition(apis.ConditionReady)
+		if c != nil && c.IsTrue() && st.ObservedGeneration == obj.GetGeneration() {
+			return nil
 		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		if c != nil {
+			return fmt.Errorf("%s %s: %s", c.Status, c.Reason, c.Message)
+		}
+		return errors.New("no Ready condition")
+	})
+	return obj
 }
 
 func (c *cluster) broker(t *testing.T, name string) *eventingv1.Broker {
@@ -189,46 +169,10 @@ func (c *cluster) createTrigger(t *testing.T, name string, filters []eventingv1.
 	}
 }
 
-// collector is a catch-all subscriber that keeps every event it gets.
-type collector struct {
-	*httptest.Server
-	mu     sync.Mutex
-	events []cloudevents.Event
-}
-
-func newCollector(t *testing.T) *collector {
-	c := &collector{}
-	c.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		ev, err := binding.ToEvent(r.Context(), cehttp.NewMessageFromHttpRequest(r))
-		if err != nil {
-			http.Error(w, err.Error(), http.StatusBadRequest)
-			return
-		}
-		c.mu.Lock()
-		c.events = append(c.events, *ev)
-		c.mu.Unlock()
-	}))
-	t.Cleanup(c.Close)
-	return c
-}
-
-// matching returns the events for which keep is true.
-func (c *collector) matching(keep func(cloudevents.Event) bool) []cloudevents.Event {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	var out []cloudevents.Event
-	for _, e := range c.events {
-		if keep(e) {
-			out = append(out, e)
-		}
-	}
-	return out
-}
-
 // notifiedOrders are the order ids that reached customer.notified.
-func (c *collector) notifiedOrders() map[string]int {
+func notifiedOrders(s *testkit.Sink) map[string]int {
 	out := map[string]int{}
-	for _, e := range c.matching(func(e cloudevents.Event) bool { return e.Type() == coffee.TypeCustomerNotified }) {
+	for _, e := range s.OfType(coffee.TypeCustomerNotified) {
 		var n coffee.Notified
 		if json.Unmarshal(e.Data(), &n) == nil {
 			out[n.OrderID]++
@@ -240,21 +184,7 @@ func (c *collector) notifiedOrders() map[string]int {
 // postOrder places an order at the ingress process.
 func (c *cluster) post(t *testing.T, path, id, typ, body string) int {
 	t.Helper()
-	req, err := http.NewRequest(http.MethodPost, c.ingressURL+path, strings.NewReader(body))
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.Header.Set("ce-specversion", "1.0")
-	req.Header.Set("ce-id", id)
-	req.Header.Set("ce-source", "/cluster-test")
-	req.Header.Set("ce-type", typ)
-	req.Header.Set("content-type", "application/json")
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, _ = io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
+	resp, _ := testkit.PostBinary(t, c.ingressURL+path, testkit.Event(id, "/cluster-test", typ, body))
 	return resp.StatusCode
 }
 
@@ -300,13 +230,7 @@ func (c *cluster) testOrderFlows(t *testing.T) {
 		t.Fatalf("order: %d", code)
 	}
 	want := orderID("flow-1")
-	deadline := time.Now().Add(60 * time.Second)
-	for c.collector.notifiedOrders()[want] == 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("the order did not reach customer.notified")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	testkit.WaitFor(t, 60*time.Second, "the order reaching customer.notified", func() bool { return notifiedOrders(c.collector)[want] > 0 })
 	if code := c.post(t, "/"+shopNS+"/nope", "flow-2", coffee.TypeOrderPlaced, `{}`); code != http.StatusNotFound {
 		t.Errorf("an unknown Broker: %d, want 404", code)
 	}

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/koffeeshop/koffeeshop/broker/testkit"
 	"github.com/koffeeshop/koffeeshop/local/loadgen"
 )
 
@@ -29,7 +30,7 @@ func BenchmarkBurst(b *testing.B) {
 				wg.Go(func() {
 					for i := w; i < orders; i += 8 {
 						body := fmt.Sprintf(`{"customer":"c-%d","beverage":"latte"}`, i)
-						if resp := postBinary(b, s.IngressURL()+"/default/default", fmt.Sprintf("burst-%d-%d", r, i), "/bench", "com.koffeeshop.order.placed", body); resp.StatusCode != http.StatusAccepted {
+						if resp, _ := testkit.PostBinary(b, s.IngressURL()+"/default/default", testkit.Event(fmt.Sprintf("burst-%d-%d", r, i), "/bench", "com.koffeeshop.order.placed", body)); resp.StatusCode != http.StatusAccepted {
 							b.Errorf("status %d", resp.StatusCode)
 							return
 						}
@@ -38,7 +39,7 @@ func BenchmarkBurst(b *testing.B) {
 			}
 			wg.Wait()
 			accepted := time.Since(start)
-			s.collector.waitFor(b, "com.koffeeshop.customer.notified", orders, 120*time.Second)
+			s.collector.WaitType(b, "com.koffeeshop.customer.notified", orders, 120*time.Second)
 			took = append(took, time.Since(start))
 			s.stop()
 			fmt.Printf("burst run %d: 1000 orders accepted in %s, all notified after %s\n", r+1, accepted.Round(time.Millisecond), took[r].Round(time.Millisecond))

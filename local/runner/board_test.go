@@ -3,6 +3,7 @@ package runner_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"os"
 	"os/exec"
@@ -14,6 +15,7 @@ import (
 	"github.com/chromedp/chromedp"
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 
+	"github.com/koffeeshop/koffeeshop/broker/testkit"
 	"github.com/koffeeshop/koffeeshop/functions/coffee"
 	"github.com/koffeeshop/koffeeshop/local/board"
 	"github.com/koffeeshop/koffeeshop/local/traces"
@@ -108,40 +110,36 @@ func TestBoardInChromium(t *testing.T) {
 	order("grace", "mocha", `#via-direct`, "200")
 
 	sawBarista := false
-	deadline := time.Now().Add(60 * time.Second)
-	for {
+	testkit.Eventually(t, 60*time.Second, "ada and grace notified on the board", func() error {
 		ada, grace, n := look()
 		if n != "" && n != "0" {
 			sawBarista = true
 		}
-		if ada == "notified" && grace == "notified" {
-			break
+		if ada != "notified" || grace != "notified" {
+			return fmt.Errorf("the board shows ada %q and grace %q", ada, grace)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the board shows ada %q and grace %q, want both notified", ada, grace)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return nil
+	})
 	// An order take-order cannot read is dead-lettered, turned into
 	// order.failed by notify, and shows as failed with take-order's reason.
 	refused := cloudevents.NewEvent()
 	refused.SetID("refused-in-chromium")
 	refused.SetSource("/board-test")
-	if resp := postBinary(t, s.IngressURL()+"/default/default", refused.ID(), refused.Source(), coffee.TypeOrderPlaced, `"latte"`); resp.StatusCode != http.StatusAccepted {
+	if resp, _ := testkit.PostBinary(t, s.IngressURL()+"/default/default", testkit.Event(refused.ID(), refused.Source(), coffee.TypeOrderPlaced, `"latte"`)); resp.StatusCode != http.StatusAccepted {
 		t.Fatalf("refused order: %d", resp.StatusCode)
 	}
 	row := `tr[data-order-id="` + coffee.OrderID(refused) + `"]`
-	var stage, reason string
-	for deadline := time.Now().Add(60 * time.Second); stage != "failed"; time.Sleep(50 * time.Millisecond) {
+	var reason string
+	testkit.Eventually(t, 60*time.Second, "the refused order failed on the board", func() error {
 		v, err := chromedp.Run(ctx, chromedp.Evaluate[[]string](`(() => { const r = document.querySelector('`+row+`'); return r ? [r.dataset.stage, r.dataset.reason] : ["", ""]; })()`))
 		if err != nil {
 			t.Fatalf("read the board: %v", err)
 		}
-		stage, reason = v[0], v[1]
-		if time.Now().After(deadline) {
-			t.Fatalf("the refused order shows %q, want failed", stage)
+		if reason = v[1]; v[0] != "failed" {
+			return fmt.Errorf("it shows %q", v[0])
 		}
-	}
+		return nil
+	})
 	if !strings.Contains(reason, "invalid order") {
 		t.Errorf("the failed order's reason is %q, want take-order's refusal", reason)
 	}
@@ -161,19 +159,16 @@ func TestBoardInChromium(t *testing.T) {
 		return [fns.join(","), String(kinds.has("queued")), String(kinds.has("coldstart")), String(bars), document.getElementById("timeline-summary").textContent, first];
 	})()`
 	var tl []string
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+	testkit.Eventually(t, 30*time.Second, "ada's timeline with the three functions, a queued span and a cold start", func() error {
 		v, err := chromedp.Run(ctx, chromedp.Evaluate[[]string](timeline))
 		if err != nil {
 			t.Fatalf("read the timeline: %v", err)
 		}
-		tl = v
-		if tl[0] == "notify,prepare-beverage,take-order" && tl[1] == "true" && tl[2] == "true" {
-			break
+		if tl = v; tl[0] != "notify,prepare-beverage,take-order" || tl[1] != "true" || tl[2] != "true" {
+			return fmt.Errorf("it shows functions %q, queued %s, cold start %s", tl[0], tl[1], tl[2])
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("ada's timeline shows functions %q, queued %s, cold start %s; want the three functions, a queued span and a cold start", tl[0], tl[1], tl[2])
-		}
-	}
+		return nil
+	})
 	if !strings.Contains(tl[4], "queued in JetStream") || tl[3] == "0" {
 		t.Errorf("timeline summary %q with %s bars", tl[4], tl[3])
 	}
@@ -196,14 +191,10 @@ func TestBoardInChromium(t *testing.T) {
 	if !sawBarista {
 		t.Error("the panel never showed a prepare-beverage instance while orders were brewing")
 	}
-	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(100 * time.Millisecond) {
-		if _, _, n := look(); n == "0" {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the panel did not show prepare-beverage back at 0 instances")
-		}
-	}
+	testkit.WaitFor(t, 20*time.Second, "the panel showing prepare-beverage back at 0 instances", func() bool {
+		_, _, n := look()
+		return n == "0"
+	})
 	// The chart shows prepare-beverage scaling out from zero and back to
 	// zero: its instances line starts at the bottom (0), rises and comes
 	// back down.
@@ -215,19 +206,17 @@ func TestBoardInChromium(t *testing.T) {
 		const up = ys.findIndex(y => !zero(y));
 		return up > 0 && zero(ys[up - 1]) && ys.slice(up).some(zero) ? "out and back" : ys.length + " samples";
 	})()`
-	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+	testkit.Eventually(t, 20*time.Second, "the scale chart of prepare-beverage showing a scale-out from zero and back", func() error {
 		v, err := chromedp.Run(ctx, chromedp.Evaluate[string](chart))
 		if err != nil {
 			t.Fatalf("read the chart: %v", err)
 		}
-		if v == "out and back" {
-			break
-		}
-		if time.Now().After(deadline) {
+		if v != "out and back" {
 			pts, _ := chromedp.Run(ctx, chromedp.Evaluate[string](`document.querySelector('figure[data-service="prepare-beverage"] polyline.instances').getAttribute("points")`))
-			t.Fatalf("the scale chart of prepare-beverage shows %q (%s), want a scale-out from zero and back; history %+v", v, pts, s.History())
+			return fmt.Errorf("it shows %q (%s); history %+v", v, pts, s.History())
 		}
-	}
+		return nil
+	})
 	screenshot(t, ctx, "board-scaled-back.png")
 }
 

@@ -16,6 +16,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/koffeeshop/koffeeshop/broker"
+	"github.com/koffeeshop/koffeeshop/broker/testkit"
 )
 
 // startNATSCluster runs a three-node JetStream cluster of nats-server
@@ -38,32 +39,19 @@ func startNATSCluster(t *testing.T) []*natsProc {
 			"-routes", strings.Join(routes, ","),
 			"-cluster_name", "ks"))
 	}
-	nc, err := nats.Connect(clusterURL(nodes))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	js := testkit.Connect(t, clusterURL(nodes))
+	defer js.Conn().Close()
 	// A meta leader, and every peer in: an R3 stream can be placed.
-	deadline := time.Now().Add(90 * time.Second)
-	for {
+	testkit.Eventually(t, 90*time.Second, "the JetStream cluster formed", func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
 		_, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{Name: "PROBE", Subjects: []string{"probe.>"}, Replicas: size, Storage: jetstream.MemoryStorage})
 		if err == nil {
 			err = js.DeleteStream(ctx, "PROBE")
 		}
-		cancel()
-		if err == nil {
-			return nodes
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the JetStream cluster did not form: %v", err)
-		}
-		time.Sleep(250 * time.Millisecond)
-	}
+		return err
+	})
+	return nodes
 }
 
 func clusterURL(nodes []*natsProc) string {
@@ -159,15 +147,8 @@ func TestClusterKillOneNode(t *testing.T) {
 	s := startQuietShop(t, quietOptions{configDir: cfg, natsURL: clusterURL(nodes), replicas: 3})
 	url := s.IngressURL() + "/default/default"
 
-	nc, err := nats.Connect(clusterURL(nodes))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	js := testkit.Connect(t, clusterURL(nodes))
+	nc := js.Conn()
 	var victim *natsProc
 	for _, n := range nodes {
 		if !strings.HasSuffix(s.NATSURL(), fmt.Sprintf(":%d", n.port)) {

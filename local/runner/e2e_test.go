@@ -1,14 +1,11 @@
 package runner_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"log/slog"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -16,14 +13,11 @@ import (
 	"testing"
 	"time"
 
-	cloudevents "github.com/cloudevents/sdk-go/v2"
-	"github.com/cloudevents/sdk-go/v2/binding"
-	cehttp "github.com/cloudevents/sdk-go/v2/protocol/http"
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/koffeeshop/koffeeshop/broker"
 	"github.com/koffeeshop/koffeeshop/broker/natsconn"
+	"github.com/koffeeshop/koffeeshop/broker/testkit"
 	"github.com/koffeeshop/koffeeshop/local/runner"
 )
 
@@ -54,66 +48,9 @@ func TestMain(m *testing.M) {
 
 func configDir() string { return filepath.Join("..", "..", "config") }
 
-// collector is a Trigger subscriber that records every event it receives.
-type collector struct {
-	mu     sync.Mutex
-	events []cloudevents.Event
-	signal chan struct{}
-}
-
-func newCollector(t testing.TB) (*collector, *httptest.Server) {
-	c := &collector{signal: make(chan struct{}, 1)}
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		ev, err := binding.ToEvent(r.Context(), cehttp.NewMessageFromHttpRequest(r))
-		if err != nil {
-			http.Error(w, err.Error(), http.StatusBadRequest)
-			return
-		}
-		c.mu.Lock()
-		c.events = append(c.events, *ev)
-		c.mu.Unlock()
-		select {
-		case c.signal <- struct{}{}:
-		default:
-		}
-		w.WriteHeader(http.StatusAccepted)
-	}))
-	t.Cleanup(srv.Close)
-	return c, srv
-}
-
-func (c *collector) ofType(typ string) []cloudevents.Event {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	var out []cloudevents.Event
-	for _, e := range c.events {
-		if e.Type() == typ {
-			out = append(out, e)
-		}
-	}
-	return out
-}
-
-// waitFor waits until n events of typ arrived, or fails the test.
-func (c *collector) waitFor(t testing.TB, typ string, n int, timeout time.Duration) []cloudevents.Event {
-	t.Helper()
-	deadline := time.After(timeout)
-	for {
-		if got := c.ofType(typ); len(got) >= n {
-			return got
-		}
-		select {
-		case <-c.signal:
-		case <-time.After(50 * time.Millisecond):
-		case <-deadline:
-			t.Fatalf("timed out: %d of %d %s events arrived", len(c.ofType(typ)), n, typ)
-		}
-	}
-}
-
 type shop struct {
 	*runner.Runner
-	collector *collector
+	collector *testkit.Sink
 	stop      func() // stops the runner and waits for it
 }
 
@@ -124,8 +61,8 @@ type shopOptions struct {
 	natsURL   string              // an external NATS
 	only      []string
 	name      string
-	collector *collector // share another shop's observer
-	token     string     // the ingress bearer token
+	collector *testkit.Sink // share another shop's observer
+	token     string        // the ingress bearer token
 	replicas  int
 }
 
@@ -145,7 +82,7 @@ func startShopWith(t testing.TB, o shopOptions) *shop {
 	for k, v := range o.env {
 		env[k] = append(env[k], v...)
 	}
-	col, srv := newCollector(t)
+	col := testkit.NewSink(t)
 	extra := t.TempDir()
 	trigger := fmt.Sprintf(`apiVersion: eventing.knative.dev/v1
 kind: Trigger
@@ -156,7 +93,7 @@ spec:
   broker: default
   subscriber:
     uri: %s
-`, srv.URL)
+`, col.URL)
 	if err := os.WriteFile(filepath.Join(extra, "observer.yaml"), []byte(trigger), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -203,42 +140,6 @@ func (w testWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-func postBinary(t testing.TB, url, id, source, typ, body string) *http.Response {
-	t.Helper()
-	req, err := http.NewRequest(http.MethodPost, url, strings.NewReader(body))
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.Header.Set("ce-specversion", "1.0")
-	req.Header.Set("ce-id", id)
-	req.Header.Set("ce-source", source)
-	req.Header.Set("ce-type", typ)
-	req.Header.Set("content-type", "application/json")
-	return do(t, req)
-}
-
-func postStructured(t testing.TB, url string, body string) *http.Response {
-	t.Helper()
-	req, err := http.NewRequest(http.MethodPost, url, strings.NewReader(body))
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.Header.Set("content-type", "application/cloudevents+json")
-	return do(t, req)
-}
-
-func do(t testing.TB, req *http.Request) *http.Response {
-	t.Helper()
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	resp.Body = io.NopCloser(bytes.NewReader(body))
-	return resp
-}
-
 type notified struct {
 	OrderID  string `json:"orderId"`
 	Customer string `json:"customer"`
@@ -258,23 +159,20 @@ func TestOrdersReachCustomerNotified(t *testing.T) {
 		bev := beverages[i%len(beverages)]
 		want[customer] = bev
 		data := fmt.Sprintf(`{"customer":%q,"beverage":%q}`, customer, bev)
-		var resp *http.Response
-		if i%2 == 0 {
-			resp = postBinary(t, url, fmt.Sprintf("order-%d", i), "/e2e", "com.koffeeshop.order.placed", data)
-		} else {
-			resp = postStructured(t, url, fmt.Sprintf(`{"specversion":"1.0","id":"order-%d","source":"/e2e","type":"com.koffeeshop.order.placed","datacontenttype":"application/json","data":%s}`, i, data))
+		post := testkit.PostBinary
+		if i%2 != 0 {
+			post = testkit.PostStructured
 		}
-		if resp.StatusCode != http.StatusAccepted {
-			b, _ := io.ReadAll(resp.Body)
-			t.Fatalf("order %d: status %d: %s", i, resp.StatusCode, b)
+		if resp, body := post(t, url, testkit.Event(fmt.Sprintf("order-%d", i), "/e2e", "com.koffeeshop.order.placed", data)); resp.StatusCode != http.StatusAccepted {
+			t.Fatalf("order %d: status %d: %s", i, resp.StatusCode, body)
 		}
 	}
 
-	accepted := s.collector.waitFor(t, "com.koffeeshop.order.accepted", orders, 60*time.Second)
-	done := s.collector.waitFor(t, "com.koffeeshop.customer.notified", orders, 60*time.Second)
-	// Let any duplicate show up before counting.
-	time.Sleep(300 * time.Millisecond)
-	done = s.collector.ofType("com.koffeeshop.customer.notified")
+	accepted := s.collector.WaitType(t, "com.koffeeshop.order.accepted", orders, 60*time.Second)
+	done := s.collector.WaitType(t, "com.koffeeshop.customer.notified", orders, 60*time.Second)
+	// Any duplicate has come once every Trigger is idle.
+	waitIdle(t, s.Status, testkit.Connect(t, s.NATSURL()), 30*time.Second)
+	done = s.collector.OfType("com.koffeeshop.customer.notified")
 	if len(done) != orders {
 		t.Fatalf("got %d customer.notified events, want exactly %d", len(done), orders)
 	}
@@ -322,11 +220,11 @@ func TestUnknownBeverageAndEmptyCustomerAreRejected(t *testing.T) {
 	s := startShop(t)
 	url := s.IngressURL() + "/default/default"
 	for i, body := range []string{`{"customer":"bob","beverage":"motor oil"}`, `{"customer":"  ","beverage":"latte"}`} {
-		if resp := postBinary(t, url, fmt.Sprintf("bad-%d", i), "/e2e", "com.koffeeshop.order.placed", body); resp.StatusCode != http.StatusAccepted {
+		if resp, _ := testkit.PostBinary(t, url, testkit.Event(fmt.Sprintf("bad-%d", i), "/e2e", "com.koffeeshop.order.placed", body)); resp.StatusCode != http.StatusAccepted {
 			t.Fatalf("status %d", resp.StatusCode)
 		}
 	}
-	rejected := s.collector.waitFor(t, "com.koffeeshop.order.rejected", 2, 30*time.Second)
+	rejected := s.collector.WaitType(t, "com.koffeeshop.order.rejected", 2, 30*time.Second)
 	reasons := map[string]string{}
 	for _, e := range rejected {
 		var r struct{ Customer, Beverage, Reason string }
@@ -341,92 +239,40 @@ func TestUnknownBeverageAndEmptyCustomerAreRejected(t *testing.T) {
 	if !strings.Contains(reasons["latte"], "customer") {
 		t.Errorf("reason for an empty customer = %q", reasons["latte"])
 	}
-	if got := s.collector.ofType("com.koffeeshop.order.accepted"); len(got) != 0 {
+	if got := s.collector.OfType("com.koffeeshop.order.accepted"); len(got) != 0 {
 		t.Errorf("%d bad orders were accepted", len(got))
 	}
 }
 
-func TestIngressRejectsBadInput(t *testing.T) {
-	s := startShop(t)
-	base := s.IngressURL()
-	full := func(h map[string]string) map[string]string {
-		m := map[string]string{"ce-specversion": "1.0", "ce-id": "x-1", "ce-source": "/t", "ce-type": "t.t", "content-type": "application/json"}
-		for k, v := range h {
-			if v == "" {
-				delete(m, k)
-			} else {
-				m[k] = v
-			}
+// waitIdle waits until no Trigger has an event in flight, pending or
+// unacknowledged: the load has fully drained, the web board's Trigger
+// too, and nothing more will be delivered.
+func waitIdle(t testing.TB, status func() runner.Status, js jetstream.JetStream, timeout time.Duration) {
+	t.Helper()
+	testkit.Eventually(t, timeout, "every Trigger idle", func() error {
+		busy := 0
+		for _, tr := range status().Triggers {
+			busy += int(tr.InFlight)
 		}
-		return m
-	}
-	cases := []struct {
-		name    string
-		method  string
-		path    string
-		headers map[string]string
-		body    string
-		status  int
-		msg     string
-	}{
-		{"missing ce-id", "POST", "/default/default", full(map[string]string{"ce-id": ""}), "{}", 400, "id"},
-		{"missing ce-source", "POST", "/default/default", full(map[string]string{"ce-source": ""}), "{}", 400, "source"},
-		{"missing ce-type", "POST", "/default/default", full(map[string]string{"ce-type": ""}), "{}", 400, "type"},
-		{"missing ce-specversion", "POST", "/default/default", full(map[string]string{"ce-specversion": ""}), "{}", 400, "not a CloudEvent"},
-		{"unknown specversion", "POST", "/default/default", full(map[string]string{"ce-specversion": "9.9"}), "{}", 400, ""},
-		{"malformed structured JSON", "POST", "/default/default", map[string]string{"content-type": "application/cloudevents+json"}, `{"specversion":"1.0","id":`, 400, "invalid CloudEvent"},
-		{"structured without id", "POST", "/default/default", map[string]string{"content-type": "application/cloudevents+json"}, `{"specversion":"1.0","source":"/s","type":"t"}`, 400, "id"},
-		{"batch", "POST", "/default/default", map[string]string{"content-type": "application/cloudevents-batch+json"}, `[]`, 400, "batch"},
-		{"GET", "GET", "/default/default", nil, "", 405, "POST"},
-		{"PUT", "PUT", "/default/default", full(nil), "{}", 405, "POST"},
-		{"wrong path", "POST", "/default", full(nil), "{}", 404, "namespace"},
-		{"too deep path", "POST", "/default/default/extra", full(nil), "{}", 404, ""},
-		{"unknown broker", "POST", "/default/nope", full(nil), "{}", 404, "does not exist"},
-		{"oversized body", "POST", "/default/default", full(nil), `"` + strings.Repeat("x", 2<<20) + `"`, 413, "larger"},
-	}
-	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			var body io.Reader
-			if tc.body != "" {
-				body = strings.NewReader(tc.body)
-			}
-			req, err := http.NewRequest(tc.method, base+tc.path, body)
-			if err != nil {
-				t.Fatal(err)
-			}
-			for k, v := range tc.headers {
-				req.Header.Set(k, v)
-			}
-			resp := do(t, req)
-			b, _ := io.ReadAll(resp.Body)
-			if resp.StatusCode != tc.status {
-				t.Fatalf("status %d, want %d (%s)", resp.StatusCode, tc.status, b)
-			}
-			if !strings.Contains(string(b), tc.msg) {
-				t.Errorf("message %q does not mention %q", b, tc.msg)
-			}
-			if tc.status == 405 && resp.Header.Get("Allow") != "POST, OPTIONS" {
-				t.Errorf("Allow = %q", resp.Header.Get("Allow"))
-			}
-		})
-	}
-	// Nothing of the above may have been stored.
-	if n := streamMsgs(t, s); n != 0 {
-		t.Fatalf("%d bad events were stored", n)
-	}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		st, err := js.Stream(ctx, broker.Ref{Namespace: "default", Name: "default"}.StreamName())
+		if err != nil {
+			return err
+		}
+		for ci := range st.ListConsumers(ctx).Info() {
+			busy += int(ci.NumPending) + ci.NumAckPending
+		}
+		if busy > 0 {
+			return fmt.Errorf("%d events in flight or pending", busy)
+		}
+		return nil
+	})
 }
 
 func streamMsgs(t *testing.T, s *shop) uint64 {
 	t.Helper()
-	nc, err := nats.Connect(s.NATSURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	js := testkit.Connect(t, s.NATSURL())
 	ref := broker.Ref{Namespace: "default", Name: "default"}
 	st, err := js.Stream(context.Background(), ref.StreamName())
 	if err != nil {
@@ -444,24 +290,24 @@ func TestDuplicateSourceAndIDIsStoredOnce(t *testing.T) {
 	url := s.IngressURL() + "/default/default"
 	const body = `{"customer":"dup","beverage":"tea"}`
 	for range 3 {
-		if resp := postBinary(t, url, "same-id", "/dup", "com.koffeeshop.order.placed", body); resp.StatusCode != http.StatusAccepted {
+		if resp, _ := testkit.PostBinary(t, url, testkit.Event("same-id", "/dup", "com.koffeeshop.order.placed", body)); resp.StatusCode != http.StatusAccepted {
 			t.Fatalf("status %d", resp.StatusCode)
 		}
 	}
 	// The same id from another source is another event.
-	if resp := postBinary(t, url, "same-id", "/other", "com.koffeeshop.order.placed", body); resp.StatusCode != http.StatusAccepted {
+	if resp, _ := testkit.PostBinary(t, url, testkit.Event("same-id", "/other", "com.koffeeshop.order.placed", body)); resp.StatusCode != http.StatusAccepted {
 		t.Fatalf("status %d", resp.StatusCode)
 	}
-	s.collector.waitFor(t, "com.koffeeshop.customer.notified", 2, 30*time.Second)
-	time.Sleep(300 * time.Millisecond)
-	if got := len(s.collector.ofType("com.koffeeshop.order.placed")); got != 2 {
+	s.collector.WaitType(t, "com.koffeeshop.customer.notified", 2, 30*time.Second)
+	waitIdle(t, s.Status, testkit.Connect(t, s.NATSURL()), 30*time.Second)
+	if got := len(s.collector.OfType("com.koffeeshop.order.placed")); got != 2 {
 		t.Errorf("observer saw %d order.placed events, want 2", got)
 	}
-	if got := len(s.collector.ofType("com.koffeeshop.customer.notified")); got != 2 {
+	if got := len(s.collector.OfType("com.koffeeshop.customer.notified")); got != 2 {
 		t.Errorf("%d customer.notified events, want 2", got)
 	}
 	var stored []string
-	for _, e := range s.collector.ofType("com.koffeeshop.order.placed") {
+	for _, e := range s.collector.OfType("com.koffeeshop.order.placed") {
 		stored = append(stored, e.Source()+"#"+e.ID())
 	}
 	if strings.Join(stored, ",") != "/dup#same-id,/other#same-id" && strings.Join(stored, ",") != "/other#same-id,/dup#same-id" {
@@ -473,58 +319,54 @@ func TestDuplicateSourceAndIDIsStoredOnce(t *testing.T) {
 func TestIngressTokenIsRequiredWhenSet(t *testing.T) {
 	s := startShopWith(t, shopOptions{token: "s3cret"})
 	url := s.IngressURL() + "/default/default"
-	if resp := postBinary(t, url, "tok-1", "/t", "com.koffeeshop.order.placed", `{"customer":"ada","beverage":"latte"}`); resp.StatusCode != http.StatusUnauthorized {
+	if resp, _ := testkit.PostBinary(t, url, testkit.Event("tok-1", "/t", "com.koffeeshop.order.placed", `{"customer":"ada","beverage":"latte"}`)); resp.StatusCode != http.StatusUnauthorized {
 		t.Fatalf("without the token: %d, want 401", resp.StatusCode)
 	}
-	req, _ := http.NewRequest(http.MethodPost, url, strings.NewReader(`{"customer":"ada","beverage":"latte"}`))
-	for k, v := range map[string]string{"ce-specversion": "1.0", "ce-id": "tok-2", "ce-source": "/t", "ce-type": "com.koffeeshop.order.placed", "content-type": "application/json", "Authorization": "Bearer s3cret"} {
-		req.Header.Set(k, v)
-	}
-	if resp := do(t, req); resp.StatusCode != http.StatusAccepted {
+	req := testkit.BinaryRequest(t, url, testkit.Event("tok-2", "/t", "com.koffeeshop.order.placed", `{"customer":"ada","beverage":"latte"}`))
+	req.Header.Set("Authorization", "Bearer s3cret")
+	if resp, _ := testkit.Do(t, req); resp.StatusCode != http.StatusAccepted {
 		t.Fatalf("with the token: %d, want 202", resp.StatusCode)
 	}
-	s.collector.waitFor(t, "com.koffeeshop.customer.notified", 1, 30*time.Second)
+	s.collector.WaitType(t, "com.koffeeshop.customer.notified", 1, 30*time.Second)
 	if n := streamMsgs(t, s); n == 0 {
 		t.Fatal("nothing stored")
 	}
-	for _, e := range s.collector.ofType("com.koffeeshop.order.placed") {
+	for _, e := range s.collector.OfType("com.koffeeshop.order.placed") {
 		if e.ID() == "tok-1" {
 			t.Fatal("the unauthenticated order was stored")
 		}
 	}
 	// The functions' K_SINK sends carry the token: prepare-beverage's
 	// progress event got in.
-	s.collector.waitFor(t, "com.koffeeshop.beverage.preparing", 1, 30*time.Second)
+	s.collector.WaitType(t, "com.koffeeshop.beverage.preparing", 1, 30*time.Second)
 
 	// Every route that writes or acts needs the token; reading does not.
 	base := s.IngressURL()
 	for _, path := range []string{"/_board/orders", "/_board/kill?service=prepare-beverage"} {
 		req, _ := http.NewRequest(http.MethodPost, base+path, strings.NewReader(`{"customer":"eve","beverage":"latte"}`))
-		if resp := do(t, req); resp.StatusCode != http.StatusUnauthorized {
+		if resp, _ := testkit.Do(t, req); resp.StatusCode != http.StatusUnauthorized {
 			t.Errorf("POST %s without the token: %d, want 401", path, resp.StatusCode)
 		}
 	}
 	for _, path := range []string{"/", "/status"} {
 		req, _ := http.NewRequest(http.MethodGet, base+path, nil)
-		if resp := do(t, req); resp.StatusCode != http.StatusOK {
+		if resp, _ := testkit.Do(t, req); resp.StatusCode != http.StatusOK {
 			t.Errorf("GET %s without the token: %d, want 200", path, resp.StatusCode)
 		}
 	}
 	req, _ = http.NewRequest(http.MethodPost, base+"/_board/orders", strings.NewReader(`{"customer":"bob","beverage":"latte","via":"broker"}`))
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("Authorization", "Bearer s3cret")
-	if resp := do(t, req); resp.StatusCode != http.StatusAccepted {
-		body, _ := io.ReadAll(resp.Body)
+	if resp, body := testkit.Do(t, req); resp.StatusCode != http.StatusAccepted {
 		t.Fatalf("board order with the token: %d %s", resp.StatusCode, body)
 	}
 	// Both orders reach notified on the board.
-	deadline := time.Now().Add(30 * time.Second)
-	for s.Status().Orders["notified"] < 2 {
-		if time.Now().After(deadline) {
-			t.Fatalf("board stages %v, want 2 notified", s.Status().Orders)
+	testkit.Eventually(t, 30*time.Second, "2 notified on the board", func() error {
+		if o := s.Status().Orders; o["notified"] < 2 {
+			return fmt.Errorf("board stages %v", o)
 		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return nil
+	})
 }
 
 // TestBrokerConfigMapShapesTheStream: the runner makes the Broker's stream
@@ -532,15 +374,7 @@ func TestIngressTokenIsRequiredWhenSet(t *testing.T) {
 // cluster; maxAge 0 there means no age limit.
 func TestBrokerConfigMapShapesTheStream(t *testing.T) {
 	s := startShopWith(t, shopOptions{configDir: scaledConfig(t, "maxAge: 24h", "maxAge: \"0\"", "duplicateWindow: 2m", "duplicateWindow: 45s")})
-	nc, err := nats.Connect(s.NATSURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	js := testkit.Connect(t, s.NATSURL())
 	st, err := js.Stream(context.Background(), "KNATIVE_BROKER_default_default")
 	if err != nil {
 		t.Fatal(err)

@@ -5,6 +5,7 @@ package runner_test
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -27,6 +28,7 @@ import (
 	cehttp "github.com/cloudevents/sdk-go/v2/protocol/http"
 
 	"github.com/koffeeshop/koffeeshop/broker/natsconn"
+	"github.com/koffeeshop/koffeeshop/broker/testkit"
 	"github.com/koffeeshop/koffeeshop/local/runner"
 	"github.com/koffeeshop/koffeeshop/triggers"
 )
@@ -471,22 +473,18 @@ func tally(t testing.TB, name, injected string, l *load, obs *sink, timeout time
 		}
 	}
 	res.accepted = len(accepted)
-	deadline := time.Now().Add(timeout)
 	var count map[string]int
 	var first map[string]time.Time
-	for {
+	// What is still missing then is reported below.
+	_ = testkit.Poll(timeout, func() error {
 		count, first = obs.notified()
-		missing := 0
 		for c := range accepted {
 			if count[c] == 0 {
-				missing++
+				return errors.New("an accepted order not notified")
 			}
 		}
-		if missing == 0 || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		return nil
+	})
 	// Late duplicates (redeliveries) get a moment to show up.
 	time.Sleep(2 * time.Second)
 	count, first = obs.notified()
@@ -574,23 +572,19 @@ func (p *natsProc) start() {
 	done := make(chan struct{})
 	go func() { _ = cmd.Wait(); close(done) }()
 	p.cmd, p.done = cmd, done
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	testkit.Eventually(p.t, 30*time.Second, fmt.Sprintf("nats-server %s listening on %d", p.name, p.port), func() error {
 		c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", p.port), time.Second)
 		if err == nil {
 			c.Close()
-			return
+			return nil
 		}
 		select {
 		case <-done:
 			p.t.Fatalf("nats-server %s exited at start", p.name)
 		default:
 		}
-		if time.Now().After(deadline) {
-			p.t.Fatalf("nats-server %s did not listen on %d: %v", p.name, p.port, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return err
+	})
 }
 
 // stop signals the server and waits for it to exit (SIGKILL after 30s).

@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -24,6 +25,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/koffeeshop/koffeeshop/broker"
+	"github.com/koffeeshop/koffeeshop/broker/testkit"
 	"github.com/koffeeshop/koffeeshop/local/runner"
 )
 
@@ -163,12 +165,13 @@ func TestFaultKill9Runner(t *testing.T) {
 	// The functions die with the runner (Pdeathsig).
 	deadline := time.Now().Add(10 * time.Second)
 	for _, pid := range pids {
-		for alive(pid) {
-			if time.Now().After(deadline) {
-				t.Errorf("function process %d outlived the killed runner", pid)
-				break
+		if err := testkit.Poll(time.Until(deadline), func() error {
+			if alive(pid) {
+				return errors.New("alive")
 			}
-			time.Sleep(20 * time.Millisecond)
+			return nil
+		}); err != nil {
+			t.Errorf("function process %d outlived the killed runner", pid)
 		}
 	}
 	p.start()
@@ -373,7 +376,7 @@ spec:
 	for _, k := range kinds {
 		for i := range perKind {
 			id := fmt.Sprintf("%s-%d", k.name, i)
-			resp := postBinary(t, url, id, "/faults", typePrefix+k.name, `{"fault":true}`)
+			resp, _ := testkit.PostBinary(t, url, testkit.Event(id, "/faults", typePrefix+k.name, `{"fault":true}`))
 			if resp.StatusCode != http.StatusAccepted {
 				t.Fatalf("fault event %s: %d", id, resp.StatusCode)
 			}
@@ -383,10 +386,14 @@ spec:
 	res := tally(t, "bulkhead regular orders", fmt.Sprintf("%d events to each of 4 failing Triggers (crash, hang past the 1s timeout, 500, 429) while the orders flowed", perKind), l, obs, 90*time.Second)
 
 	// Every fault event ends in the dead-letter sink.
-	deadline := time.Now().Add(60 * time.Second)
-	for dls.len() < len(kinds)*perKind && time.Now().Before(deadline) {
-		time.Sleep(100 * time.Millisecond)
-	}
+	// What has not arrived by then is counted lost below.
+	_ = testkit.Poll(60*time.Second, func() error {
+		if n := dls.len(); n < len(kinds)*perKind {
+			return fmt.Errorf("%d dead letters", n)
+		}
+		return nil
+	})
+	// Late duplicates (redeliveries) get a moment to show up.
 	time.Sleep(time.Second)
 	dead := map[string][]sinkEvent{}
 	for _, e := range dls.all() {
@@ -478,8 +485,7 @@ spec:
 func tallyQuiet(t testing.TB, l *load, obs *sink) {
 	t.Helper()
 	l.wait()
-	deadline := time.Now().Add(60 * time.Second)
-	for {
+	testkit.Eventually(t, 60*time.Second, "every accepted order notified", func() error {
 		count, _ := obs.notified()
 		missing := 0
 		for _, o := range l.snapshot() {
@@ -487,12 +493,9 @@ func tallyQuiet(t testing.TB, l *load, obs *sink) {
 				missing++
 			}
 		}
-		if missing == 0 {
-			return
+		if missing > 0 {
+			return fmt.Errorf("%d accepted orders not notified", missing)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d accepted orders not notified", missing)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return nil
+	})
 }

@@ -2,6 +2,7 @@ package runner_test
 
 import (
 	"encoding/json"
+	"fmt"
 	"net"
 	"net/http"
 	"os/exec"
@@ -9,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/koffeeshop/koffeeshop/broker/testkit"
 )
 
 // TestMakeRunStopsOnASignalToMake: SIGINT or SIGTERM sent to the make
@@ -54,11 +57,11 @@ func TestMakeRunStopsOnASignalToMake(t *testing.T) {
 			base := "http://" + addr
 			waitReady(t, base, 60*time.Second)
 			// An order brings every function up.
-			if resp := postBinary(t, base+"/default/default", "make-"+sig.String(), "/make-test", "com.koffeeshop.order.placed", `{"customer":"ada","beverage":"latte"}`); resp.StatusCode != http.StatusAccepted {
+			if resp, _ := testkit.PostBinary(t, base+"/default/default", testkit.Event("make-"+sig.String(), "/make-test", "com.koffeeshop.order.placed", `{"customer":"ada","beverage":"latte"}`)); resp.StatusCode != http.StatusAccepted {
 				t.Fatalf("order: %d", resp.StatusCode)
 			}
 			var pids []int
-			for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+			testkit.Eventually(t, 30*time.Second, "the order notified with three instances up", func() error {
 				var st struct {
 					Orders    map[string]int
 					Functions []struct{ Instances []struct{ PID int } }
@@ -73,13 +76,11 @@ func TestMakeRunStopsOnASignalToMake(t *testing.T) {
 						pids = append(pids, in.PID)
 					}
 				}
-				if st.Orders["notified"] == 1 && len(pids) == 3 {
-					break
+				if st.Orders["notified"] != 1 || len(pids) != 3 {
+					return fmt.Errorf("%+v", st)
 				}
-				if time.Now().After(deadline) {
-					t.Fatalf("the order was not notified with three instances up: %+v", st)
-				}
-			}
+				return nil
+			})
 
 			if err := cmd.Process.Signal(sig); err != nil {
 				t.Fatal(err)
@@ -92,12 +93,9 @@ func TestMakeRunStopsOnASignalToMake(t *testing.T) {
 			}
 			for _, pid := range pids {
 				// Signal 0 tests whether the process exists.
-				for syscall.Kill(pid, 0) == nil {
-					if time.Now().After(deadline) {
-						t.Fatalf("function process %d still runs 2 s after %s to make", pid, sig)
-					}
-					time.Sleep(20 * time.Millisecond)
-				}
+				testkit.WaitFor(t, time.Until(deadline), fmt.Sprintf("function process %d gone 2 s after %s to make", pid, sig), func() bool {
+					return syscall.Kill(pid, 0) != nil
+				})
 			}
 		})
 	}

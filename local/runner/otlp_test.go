@@ -22,6 +22,8 @@ import (
 
 	coltracepb "go.opentelemetry.io/proto/otlp/collector/trace/v1"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/koffeeshop/koffeeshop/broker/testkit"
 )
 
 // otlpSpan is a span as the test's collector received it.
@@ -102,28 +104,45 @@ func TestOrdersAreOneTraceInTheCollector(t *testing.T) {
 	base, stop := p.url, p.stop
 	orders := []string{"otlp-1", "otlp-2", "otlp-3"}
 	for i, id := range orders {
-		if resp := postBinary(t, base+"/default/default", id, "/otlp-test", "com.koffeeshop.order.placed", fmt.Sprintf(`{"customer":"c%d","beverage":"latte"}`, i)); resp.StatusCode != http.StatusAccepted {
+		if resp, _ := testkit.PostBinary(t, base+"/default/default", testkit.Event(id, "/otlp-test", "com.koffeeshop.order.placed", fmt.Sprintf(`{"customer":"c%d","beverage":"latte"}`, i))); resp.StatusCode != http.StatusAccepted {
 			t.Fatalf("order %s: %d", id, resp.StatusCode)
 		}
 	}
 	// The brew takes a second: wait until the board has all three
 	// notified, then stop the runner, which flushes its spans, and its
 	// functions theirs.
-	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+	testkit.Eventually(t, 60*time.Second, fmt.Sprintf("%d notified on the board", len(orders)), func() error {
 		var st struct{ Orders map[string]int }
 		if resp, err := http.Get(base + "/status"); err == nil {
 			_ = json.NewDecoder(resp.Body).Decode(&st)
 			resp.Body.Close()
 		}
-		if st.Orders["notified"] == len(orders) {
-			break
+		if st.Orders["notified"] != len(orders) {
+			return fmt.Errorf("board stages %v", st.Orders)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("board stages %v, want %d notified", st.Orders, len(orders))
+		return nil
+	})
+	// Spans of the last hop reach the runner a moment after it ends: wait
+	// until each order's trace has a span of every process at the
+	// collector.
+	testkit.Eventually(t, 30*time.Second, "every order's trace at the collector", func() error {
+		spans := coll.all()
+		for _, id := range orders {
+			trace := ingressTrace(spans, id)
+			services := map[string]bool{}
+			for _, s := range spans {
+				if trace != "" && s.trace == trace {
+					services[s.service] = true
+				}
+			}
+			for _, want := range []string{"koffeeshop", "take-order", "prepare-beverage", "notify"} {
+				if !services[want] {
+					return fmt.Errorf("order %s: no span of %s yet", id, want)
+				}
+			}
 		}
-	}
-	// Spans of the last hop reach the runner a moment after it ends.
-	time.Sleep(time.Second)
+		return nil
+	})
 	stop()
 
 	spans := coll.all()
@@ -132,12 +151,7 @@ func TestOrdersAreOneTraceInTheCollector(t *testing.T) {
 		byTrace[s.trace] = append(byTrace[s.trace], s)
 	}
 	for _, id := range orders {
-		var trace string
-		for _, s := range spans {
-			if s.service == "koffeeshop" && strings.HasPrefix(s.name, "ingress ") && s.attrs["cloudevents.event_id"] == id {
-				trace = s.trace
-			}
-		}
+		trace := ingressTrace(spans, id)
 		if trace == "" {
 			t.Fatalf("order %s: no ingress span among %d spans", id, len(spans))
 		}
@@ -169,6 +183,18 @@ func TestOrdersAreOneTraceInTheCollector(t *testing.T) {
 	if len(byTrace) < len(orders) {
 		t.Errorf("%d traces for %d orders", len(byTrace), len(orders))
 	}
+}
+
+// ingressTrace is the trace of the runner's ingress span for event id, ""
+// when there is none.
+func ingressTrace(spans []otlpSpan, id string) string {
+	var trace string
+	for _, s := range spans {
+		if s.service == "koffeeshop" && strings.HasPrefix(s.name, "ingress ") && s.attrs["cloudevents.event_id"] == id {
+			trace = s.trace
+		}
+	}
+	return trace
 }
 
 var (
@@ -244,17 +270,7 @@ func startRunnerBinary(t *testing.T, env ...string) *runnerBinaryProc {
 // waitReady waits until the shop at base answers its readiness probe.
 func waitReady(t *testing.T, base string, limit time.Duration) {
 	t.Helper()
-	for deadline := time.Now().Add(limit); ; time.Sleep(50 * time.Millisecond) {
-		if resp, err := http.Get(base + "/health/readiness"); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the shop at %s was not ready within %s", base, limit)
-		}
-	}
+	testkit.Eventually(t, limit, "the shop at "+base+" ready", func() error { return testkit.GetOK(base + "/health/readiness") })
 }
 
 // syncBuffer is a bytes.Buffer safe for a process's output and a reader.

@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"strings"
 	"testing"
@@ -13,6 +12,7 @@ import (
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 
+	"github.com/koffeeshop/koffeeshop/broker/testkit"
 	"github.com/koffeeshop/koffeeshop/functions/coffee"
 	"github.com/koffeeshop/koffeeshop/local/board"
 	"github.com/koffeeshop/koffeeshop/local/runner"
@@ -35,19 +35,11 @@ func TestRefusedOrdersAreDeadLettered(t *testing.T) {
 	}
 	orderIDs := map[string]int{} // order id -> case
 	for i, tc := range cases {
-		req, err := http.NewRequest(http.MethodPost, url, strings.NewReader(tc.body))
-		if err != nil {
-			t.Fatal(err)
-		}
-		req.Header.Set("ce-specversion", "1.0")
-		req.Header.Set("ce-id", tc.id)
-		req.Header.Set("ce-source", source)
-		req.Header.Set("ce-type", coffee.TypeOrderPlaced)
+		ev := testkit.Event(tc.id, source, coffee.TypeOrderPlaced, "")
 		if tc.contentType != "" {
-			req.Header.Set("content-type", tc.contentType)
+			_ = ev.SetData(tc.contentType, []byte(tc.body))
 		}
-		if resp := do(t, req); resp.StatusCode != http.StatusAccepted {
-			b, _ := io.ReadAll(resp.Body)
+		if resp, b := testkit.PostBinary(t, url, ev); resp.StatusCode != http.StatusAccepted {
 			t.Fatalf("%s: the Broker answered %d (%s), want 202", tc.name, resp.StatusCode, b)
 		}
 		placed := cloudevents.NewEvent()
@@ -56,7 +48,7 @@ func TestRefusedOrdersAreDeadLettered(t *testing.T) {
 		orderIDs[coffee.OrderID(placed)] = i
 	}
 
-	failed := s.collector.waitFor(t, coffee.TypeOrderFailed, len(cases), 60*time.Second)
+	failed := s.collector.WaitType(t, coffee.TypeOrderFailed, len(cases), 60*time.Second)
 	seen := map[string]bool{}
 	for _, e := range failed {
 		var f coffee.Failed
@@ -90,7 +82,7 @@ func TestRefusedOrdersAreDeadLettered(t *testing.T) {
 		t.Errorf("%d order.failed events for %v, want one for each of the %d refused orders", len(failed), seen, len(cases))
 	}
 	for _, typ := range []string{coffee.TypeOrderAccepted, coffee.TypeOrderRejected} {
-		if n := len(s.collector.ofType(typ)); n != 0 {
+		if n := len(s.collector.OfType(typ)); n != 0 {
 			t.Errorf("%d %s events for orders take-order cannot read", n, typ)
 		}
 	}
@@ -110,8 +102,8 @@ func TestRefusedOrdersAreDeadLettered(t *testing.T) {
 // waitTriggerStatus polls GET /status until the named Trigger satisfies ok.
 func waitTriggerStatus(t *testing.T, base, name string, ok func(runner.TriggerStatus) bool) runner.TriggerStatus {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	var found *runner.TriggerStatus
+	testkit.Eventually(t, 10*time.Second, "Trigger "+name+" in GET /status", func() error {
 		resp, err := http.Get(base + "/status")
 		if err != nil {
 			t.Fatal(err)
@@ -122,7 +114,7 @@ func waitTriggerStatus(t *testing.T, base, name string, ok func(runner.TriggerSt
 		if err != nil {
 			t.Fatalf("GET /status: %v", err)
 		}
-		var found *runner.TriggerStatus
+		found = nil
 		for i := range st.Triggers {
 			if st.Triggers[i].Name == name {
 				found = &st.Triggers[i]
@@ -131,11 +123,12 @@ func waitTriggerStatus(t *testing.T, base, name string, ok func(runner.TriggerSt
 		if found == nil {
 			t.Fatalf("GET /status has no Trigger %s: %+v", name, st.Triggers)
 		}
-		if ok(*found) || time.Now().After(deadline) {
-			return *found
+		if !ok(*found) {
+			return fmt.Errorf("%+v", *found)
 		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return nil
+	})
+	return *found
 }
 
 // boardFailed reads the board's event stream until every order in ids is

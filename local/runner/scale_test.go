@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/koffeeshop/koffeeshop/broker/testkit"
 	"github.com/koffeeshop/koffeeshop/local/supervisor"
 )
 
@@ -58,16 +59,16 @@ func placeOrders(t testing.TB, s *shop, prefix string, n int) {
 	url := s.IngressURL() + "/default/default"
 	for i := range n {
 		body := fmt.Sprintf(`{"customer":"%s-%03d","beverage":"latte"}`, prefix, i)
-		if resp := postBinary(t, url, fmt.Sprintf("%s-%d", prefix, i), "/scale", "com.koffeeshop.order.placed", body); resp.StatusCode != 202 {
+		if resp, _ := testkit.PostBinary(t, url, testkit.Event(fmt.Sprintf("%s-%d", prefix, i), "/scale", "com.koffeeshop.order.placed", body)); resp.StatusCode != 202 {
 			t.Fatalf("order %d: %d", i, resp.StatusCode)
 		}
 	}
 }
 
 // notifiedCustomers counts customer.notified events per customer.
-func notifiedCustomers(c *collector) map[string]int {
+func notifiedCustomers(c *testkit.Sink) map[string]int {
 	out := map[string]int{}
-	for _, e := range c.ofType("com.koffeeshop.customer.notified") {
+	for _, e := range c.OfType("com.koffeeshop.customer.notified") {
 		var n notified
 		if err := e.DataAs(&n); err == nil {
 			out[n.Customer]++
@@ -85,7 +86,7 @@ func TestScaleFromZeroAndBackToZero(t *testing.T) {
 		}
 	}
 	placeOrders(t, s, "cold", 1)
-	s.collector.waitFor(t, "com.koffeeshop.customer.notified", 1, 30*time.Second)
+	s.collector.WaitType(t, "com.koffeeshop.customer.notified", 1, 30*time.Second)
 	for _, name := range []string{"take-order", "prepare-beverage", "notify"} {
 		f := fnStatus(s, name)
 		if f.LastColdStart <= 0 {
@@ -94,23 +95,19 @@ func TestScaleFromZeroAndBackToZero(t *testing.T) {
 		t.Logf("%s cold start: %s", name, f.LastColdStart)
 	}
 	// Back to zero after the 1s retention period without traffic.
-	deadline := time.Now().Add(15 * time.Second)
-	for {
+	testkit.Eventually(t, 15*time.Second, "no instance after the last event", func() error {
 		total := 0
 		for _, f := range s.Status().Functions {
 			total += len(f.Instances)
 		}
-		if total == 0 {
-			break
+		if total != 0 {
+			return fmt.Errorf("still %d instances", total)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("still %d instances 15s after the last event", total)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return nil
+	})
 	// And from zero again.
 	placeOrders(t, s, "warm-again", 1)
-	s.collector.waitFor(t, "com.koffeeshop.customer.notified", 2, 30*time.Second)
+	s.collector.WaitType(t, "com.koffeeshop.customer.notified", 2, 30*time.Second)
 }
 
 // watchScale polls a function's status until stop is closed and returns
@@ -145,7 +142,7 @@ func TestBurstScalesOutWithinMaxScale(t *testing.T) {
 	wg.Go(func() { peakLive, peakInFlight = watchScale(s, "prepare-beverage", stop) })
 	const orders = 80
 	placeOrders(t, s, "burst", orders)
-	s.collector.waitFor(t, "com.koffeeshop.customer.notified", orders, 90*time.Second)
+	s.collector.WaitType(t, "com.koffeeshop.customer.notified", orders, 90*time.Second)
 	close(stop)
 	wg.Wait()
 	got := notifiedCustomers(s.collector)
@@ -173,24 +170,20 @@ func TestKilledInstanceLosesNoEvent(t *testing.T) {
 	placeOrders(t, s, "kill", orders)
 	// Wait for a barista with work in hand, then SIGKILL it.
 	var victim supervisor.InstanceStatus
-	deadline := time.Now().Add(30 * time.Second)
-	for victim.PID == 0 {
+	testkit.WaitFor(t, 30*time.Second, "a busy prepare-beverage instance", func() bool {
 		for _, in := range fnStatus(s, "prepare-beverage").Instances {
 			if in.State == "ready" && in.InFlight > 0 {
 				victim = in
-				break
+				return true
 			}
 		}
-		if time.Now().After(deadline) {
-			t.Fatal("no busy prepare-beverage instance")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		return false
+	})
 	if err := syscall.Kill(victim.PID, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("killed %s (pid %d) with %d in flight", victim.Name, victim.PID, victim.InFlight)
-	s.collector.waitFor(t, "com.koffeeshop.customer.notified", orders, 90*time.Second)
+	s.collector.WaitType(t, "com.koffeeshop.customer.notified", orders, 90*time.Second)
 	got := notifiedCustomers(s.collector)
 	if len(got) != orders {
 		t.Fatalf("%d of %d orders reached customer.notified after the kill", len(got), orders)
@@ -222,25 +215,25 @@ func startNATSServer(t testing.TB) string {
 		_ = cmd.Wait()
 	})
 	portsFile := filepath.Join(dir, fmt.Sprintf("nats-server_%d.ports", cmd.Process.Pid))
-	deadline := time.Now().Add(20 * time.Second)
-	for {
+	var url string
+	testkit.Eventually(t, 20*time.Second, "nats-server started", func() error {
 		b, err := os.ReadFile(portsFile)
-		if err == nil {
-			var ports struct{ Nats []string }
-			if json.Unmarshal(b, &ports) == nil && len(ports.Nats) > 0 {
-				url := ports.Nats[0]
-				host := strings.TrimPrefix(url, "nats://")
-				if c, err := net.DialTimeout("tcp", host, time.Second); err == nil {
-					c.Close()
-					return url
-				}
-			}
+		if err != nil {
+			return err
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("nats-server did not start: %v", err)
+		var ports struct{ Nats []string }
+		if err := json.Unmarshal(b, &ports); err != nil || len(ports.Nats) == 0 {
+			return fmt.Errorf("ports file %q: %v", b, err)
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		url = ports.Nats[0]
+		c, err := net.DialTimeout("tcp", strings.TrimPrefix(url, "nats://"), time.Second)
+		if err != nil {
+			return err
+		}
+		c.Close()
+		return nil
+	})
+	return url
 }
 
 func triggerDelivered(s *shop, name string) int64 {
@@ -273,9 +266,9 @@ func TestTwoRunnersShareDurableConsumers(t *testing.T) {
 	}
 	const orders = 60
 	placeOrders(t, a, "shared", orders)
-	a.collector.waitFor(t, "com.koffeeshop.customer.notified", orders, 90*time.Second)
+	a.collector.WaitType(t, "com.koffeeshop.customer.notified", orders, 90*time.Second)
 	baristas := map[string]int{}
-	for _, e := range a.collector.ofType("com.koffeeshop.beverage.ready") {
+	for _, e := range a.collector.OfType("com.koffeeshop.beverage.ready") {
 		var r notified
 		_ = e.DataAs(&r)
 		switch {

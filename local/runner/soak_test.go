@@ -3,7 +3,6 @@
 package runner_test
 
 import (
-	"context"
 	"fmt"
 	"log/slog"
 	"os"
@@ -14,10 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
-
-	"github.com/koffeeshop/koffeeshop/broker"
+	"github.com/koffeeshop/koffeeshop/broker/testkit"
 )
 
 // usage is what the test process (which hosts the runner, its embedded
@@ -39,53 +35,19 @@ func measure() usage {
 
 func mib(b uint64) string { return fmt.Sprintf("%.1f MiB", float64(b)/(1<<20)) }
 
-// waitIdle waits until no Trigger has an event in flight, pending or
-// unacknowledged: the load has fully drained, the web board's Trigger too.
-func waitIdle(t testing.TB, s *quietShop, js jetstream.JetStream, timeout time.Duration) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		busy := 0
-		for _, tr := range s.Status().Triggers {
-			busy += int(tr.InFlight)
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		st, err := js.Stream(ctx, broker.Ref{Namespace: "default", Name: "default"}.StreamName())
-		if err == nil {
-			for ci := range st.ListConsumers(ctx).Info() {
-				busy += int(ci.NumPending) + ci.NumAckPending
-			}
-		} else {
-			busy++
-		}
-		cancel()
-		if busy == 0 {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("still %d events in flight or pending %s after the load", busy, timeout)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
-}
-
 // waitAllZero waits until every function is back to zero instances.
 func waitAllZero(t testing.TB, s *quietShop, timeout time.Duration) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
+	testkit.Eventually(t, timeout, "every function at zero after the load", func() error {
 		total := 0
 		for _, f := range s.Status().Functions {
 			total += len(f.Instances)
 		}
-		if total == 0 {
-			return
+		if total != 0 {
+			return fmt.Errorf("still %d function instances", total)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("still %d function instances %s after the load", total, timeout)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		return nil
+	})
 }
 
 // TestSoak: a sustained load at a fixed rate for a fixed time through an
@@ -108,15 +70,7 @@ func TestSoak(t *testing.T) {
 	s := startQuietShop(t, quietOptions{configDir: cfg, logLevel: slog.LevelWarn})
 	url := s.IngressURL() + "/default/default"
 
-	nc, err := nats.Connect(s.NATSURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	js := testkit.Connect(t, s.NATSURL())
 	// idle waits for the shop to be at rest: nothing in flight, every
 	// function at zero, no idle connection from the runner to the
 	// observer, past the 10s after which JetStream's file store drops its
@@ -124,7 +78,7 @@ func TestSoak(t *testing.T) {
 	// then it measures, until the goroutines, heap and open files are
 	// under bound (or 30s more have passed).
 	idle := func(bound *usage) usage {
-		waitIdle(t, s, js, 180*time.Second)
+		waitIdle(t, s.Status, js, 180*time.Second)
 		waitAllZero(t, s, 60*time.Second)
 		obs.srv.CloseClientConnections()
 		time.Sleep(11 * time.Second)

@@ -17,6 +17,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/koffeeshop/koffeeshop/broker/testkit"
 )
 
 // The test binary doubles as a function instance: with helperEnv set it
@@ -180,18 +182,6 @@ func (p *Pool) scaleTo(n int) {
 	p.setDesiredLocked(n, "test", 0)
 }
 
-// waitFor polls cond until it holds, failing the test after timeout.
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", timeout, what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 // holdsFor checks that cond keeps holding for d.
 func holdsFor(t *testing.T, d time.Duration, what string, cond func() bool) {
 	t.Helper()
@@ -223,7 +213,7 @@ func (h *harness) empty() bool { return len(h.p.Status().Instances) == 0 }
 // assertGone waits for the Pool to be empty and pid to be reaped.
 func (h *harness) assertGone(pid int) {
 	h.t.Helper()
-	waitFor(h.t, 15*time.Second, "the pool to have no instance", h.empty)
+	testkit.WaitFor(h.t, 15*time.Second, "the pool to have no instance", h.empty)
 	if !gone(pid) {
 		h.t.Fatalf("the pool is empty but process %d still exists", pid)
 	}
@@ -236,12 +226,12 @@ func (h *harness) startOne() InstanceStatus {
 	h.t.Helper()
 	h.p.scaleTo(1)
 	var in InstanceStatus
-	waitFor(h.t, 15*time.Second, "an instance with a process", func() bool {
+	testkit.WaitFor(h.t, 15*time.Second, "an instance with a process", func() bool {
 		var ok bool
 		in, ok = only(h.p)
 		return ok && in.PID != 0
 	})
-	waitFor(h.t, 15*time.Second, "the helper to serve", func() bool {
+	testkit.WaitFor(h.t, 15*time.Second, "the helper to serve", func() bool {
 		return strings.Contains(h.out.String(), fmt.Sprintf("helper: serving pid=%d", in.PID))
 	})
 	return in
@@ -292,7 +282,7 @@ func TestPoolScaleDownBeforeExec(t *testing.T) {
 		beforeExec: func(string) {
 			once.Do(func() {
 				h.p.scaleTo(0)
-				waitFor(t, 15*time.Second, "the starting instance to be draining", func() bool {
+				testkit.WaitFor(t, 15*time.Second, "the starting instance to be draining", func() bool {
 					in, ok := only(h.p)
 					return ok && in.State == "draining" && in.PID == 0
 				})
@@ -361,7 +351,7 @@ func TestPoolRunCancelBeforeExec(t *testing.T) {
 		env: []string{readyDelayEnv + "=" + slowReady.String()},
 		beforeExec: func(string) {
 			h.cancel()
-			waitFor(t, 15*time.Second, "shutdown to reach the starting instance", func() bool {
+			testkit.WaitFor(t, 15*time.Second, "shutdown to reach the starting instance", func() bool {
 				in, ok := only(h.p)
 				return ok && in.State == "draining"
 			})
@@ -424,7 +414,7 @@ func TestPoolScaleFromZeroAndBack(t *testing.T) {
 		t.Errorf("no cold start recorded: %+v", s)
 	}
 	// The cold start is reported just after the instance turns ready.
-	waitFor(t, 5*time.Second, "the cold start to be reported", func() bool {
+	testkit.WaitFor(t, 5*time.Second, "the cold start to be reported", func() bool {
 		mu.Lock()
 		defer mu.Unlock()
 		return len(colds) > 0
@@ -477,7 +467,7 @@ func TestPoolScaleDownDrainsInFlight(t *testing.T) {
 	}
 	in, _ := only(h.p)
 	h.p.scaleTo(0)
-	waitFor(t, 5*time.Second, "the instance to drain", func() bool {
+	testkit.WaitFor(t, 5*time.Second, "the instance to drain", func() bool {
 		in, ok := only(h.p)
 		return ok && in.State == "draining"
 	})
@@ -532,7 +522,7 @@ func TestPoolKillOne(t *testing.T) {
 		t.Fatalf("KillOne: %q, %v; want %q", name, err, old.Name)
 	}
 	var repl InstanceStatus
-	waitFor(t, 15*time.Second, "a ready replacement", func() bool {
+	testkit.WaitFor(t, 15*time.Second, "a ready replacement", func() bool {
 		var ok bool
 		repl, ok = only(h.p)
 		return ok && repl.Name != old.Name && repl.State == "ready"
@@ -564,9 +554,9 @@ func TestPoolCrashLoopBacksOff(t *testing.T) {
 		return h.p.failures
 	}
 	h.p.scaleTo(1)
-	waitFor(t, 15*time.Second, "a first failure", func() bool { return failures() >= 1 })
+	testkit.WaitFor(t, 15*time.Second, "a first failure", func() bool { return failures() >= 1 })
 	t0 := time.Now()
-	waitFor(t, 15*time.Second, "a third failure", func() bool { return failures() >= 3 })
+	testkit.WaitFor(t, 15*time.Second, "a third failure", func() bool { return failures() >= 3 })
 	// 200ms after the first failure, 400ms after the second.
 	if took := time.Since(t0); took < 550*time.Millisecond {
 		t.Errorf("three failures within %s: no backoff", took)

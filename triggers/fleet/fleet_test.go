@@ -39,7 +39,7 @@ import (
 	"github.com/koffeeshop/koffeeshop/broker"
 	"github.com/koffeeshop/koffeeshop/broker/natsconn"
 	brokerreconciler "github.com/koffeeshop/koffeeshop/broker/reconciler"
-	"github.com/koffeeshop/koffeeshop/local/natsd"
+	"github.com/koffeeshop/koffeeshop/broker/testkit"
 	"github.com/koffeeshop/koffeeshop/triggers"
 )
 
@@ -73,7 +73,7 @@ func TestFleetFollowsTriggers(t *testing.T) {
 	)
 	f := e.start(client, Options{})
 	f.waitReady(t)
-	eventually(t, "the Trigger and Broker watches", func() error {
+	testkit.Eventually(t, 30*time.Second, "the Trigger and Broker watches", func() error {
 		if n := watches(); n < 2 {
 			return fmt.Errorf("%d watches", n)
 		}
@@ -369,7 +369,7 @@ func TestDesired(t *testing.T) {
 // Run wires the real clients: an API server that cannot be reached keeps
 // the dispatcher unready until it is stopped.
 func TestRun(t *testing.T) {
-	srv := startNATS(t)
+	srv := testkit.StartNATS(t)
 	for _, tc := range []struct {
 		name string
 		o    Options
@@ -392,7 +392,7 @@ func TestRun(t *testing.T) {
 		done <- Run(ctx, Options{KubeConfig: &rest.Config{Host: "http://127.0.0.1:1"}, NATS: natsconn.Options{URL: srv.ClientURL()},
 			ProbeAddr: probeAddr, Log: slog.New(slog.DiscardHandler)})
 	}()
-	eventually(t, "Run serving its probes", func() error {
+	testkit.Eventually(t, 30*time.Second, "Run serving its probes", func() error {
 		resp, err := http.Get("http://" + probeAddr + "/health/readiness")
 		if err != nil {
 			return err
@@ -431,20 +431,12 @@ type env struct {
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
-	srv := startNATS(t)
-	nc, err := nats.Connect(srv.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	srv := testkit.StartNATS(t)
+	js := testkit.Connect(t, srv.ClientURL())
 	if _, err := broker.EnsureStream(t.Context(), js, orders, broker.StreamOptions{Storage: jetstream.MemoryStorage}); err != nil {
 		t.Fatal(err)
 	}
-	store, err := broker.NewStore(nc, slog.New(slog.DiscardHandler), 0)
+	store, err := broker.NewStore(js.Conn(), slog.New(slog.DiscardHandler), 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -497,7 +489,7 @@ func (e *env) consumerInfo(trigger string) *jetstream.ConsumerInfo {
 // to seq and holds nothing else.
 func (e *env) waitAcked(trigger string, seq uint64) {
 	e.t.Helper()
-	eventually(e.t, "consumer of "+trigger+" acked up to "+strconv.FormatUint(seq, 10), func() error {
+	testkit.Eventually(e.t, 30*time.Second, "consumer of "+trigger+" acked up to "+strconv.FormatUint(seq, 10), func() error {
 		info := e.consumerInfo(trigger)
 		if info.AckFloor.Stream < seq || info.NumAckPending != 0 || info.NumPending != 0 {
 			return fmt.Errorf("ack floor %d, %d unacked, %d pending", info.AckFloor.Stream, info.NumAckPending, info.NumPending)
@@ -565,7 +557,7 @@ func (f *fleetUnderTest) count(key string, ev event) int {
 
 func (f *fleetUnderTest) waitFor(t *testing.T, key string, ev event, n int) {
 	t.Helper()
-	eventually(t, fmt.Sprintf("%s %s %d times", key, ev, n), func() error {
+	testkit.Eventually(t, 30*time.Second, fmt.Sprintf("%s %s %d times", key, ev, n), func() error {
 		if got := f.count(key, ev); got < n {
 			return fmt.Errorf("%d times", got)
 		}
@@ -575,17 +567,7 @@ func (f *fleetUnderTest) waitFor(t *testing.T, key string, ev event, n int) {
 
 func (f *fleetUnderTest) waitReady(t *testing.T) {
 	t.Helper()
-	eventually(t, "readiness", func() error {
-		resp, err := http.Get(f.probes + "/health/readiness")
-		if err != nil {
-			return err
-		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			return fmt.Errorf("readiness = %d", resp.StatusCode)
-		}
-		return nil
-	})
+	testkit.Eventually(t, 30*time.Second, "readiness", func() error { return testkit.GetOK(f.probes + "/health/readiness") })
 }
 
 func (f *fleetUnderTest) metrics(t *testing.T) string {
@@ -649,7 +631,11 @@ func newSubscriber(t *testing.T) *subscriber {
 			}
 		}
 		if s.delay > 0 {
-			time.Sleep(s.delay)
+			select {
+			case <-time.After(s.delay):
+			case <-r.Context().Done():
+				return
+			}
 		}
 		if s.code != 0 {
 			w.WriteHeader(s.code)
@@ -687,7 +673,7 @@ func (s *subscriber) counts() map[string]int {
 
 func (s *subscriber) waitFor(t *testing.T, id string) {
 	t.Helper()
-	eventually(t, "event "+id+" delivered", func() error {
+	testkit.Eventually(t, 30*time.Second, "event "+id+" delivered", func() error {
 		if s.counts()[id] == 0 {
 			return errors.New("not yet")
 		}
@@ -806,16 +792,6 @@ func readyConditions(ready bool) duckv1.Conditions {
 	return duckv1.Conditions{{Type: apis.ConditionReady, Status: status}}
 }
 
-func startNATS(t *testing.T) *natsd.Server {
-	t.Helper()
-	srv, err := natsd.Start(natsd.Options{StoreDir: t.TempDir(), Port: -1}, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(srv.Shutdown)
-	return srv
-}
-
 func freeAddr(t *testing.T) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -824,19 +800,4 @@ func freeAddr(t *testing.T) string {
 	}
 	defer ln.Close()
 	return ln.Addr().String()
-}
-
-func eventually(t *testing.T, what string, cond func() error) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: still not, after 30s: %v", what, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }
