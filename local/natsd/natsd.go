@@ -1,5 +1,5 @@
 // Package natsd runs a NATS server with JetStream inside this process, as a
-// library, for the local runner and for tests.
+// library, for the local runner (tests start theirs with broker/testkit).
 package natsd
 
 import (
