@@ -33,7 +33,7 @@ func startBroker(tb testing.TB) *testBroker {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	store, err := broker.NewStore(js.Conn(), log, 0)
+	store, err := broker.NewStore(js.Conn(), 0)
 	if err != nil {
 		tb.Fatal(err)
 	}

@@ -204,7 +204,7 @@ func TestUnstorableEventGets503(t *testing.T) {
 	if _, err := broker.EnsureStream(context.Background(), js, ref, broker.StreamOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	store, err := broker.NewStore(js.Conn(), log, time.Second)
+	store, err := broker.NewStore(js.Conn(), time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -246,7 +246,7 @@ func TestEventOverNATSMaxPayloadGets413(t *testing.T) {
 		t.Fatal(err)
 	}
 	log := slog.New(slog.DiscardHandler)
-	store, err := broker.NewStore(js.Conn(), log, time.Second)
+	store, err := broker.NewStore(js.Conn(), time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}

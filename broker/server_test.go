@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/koffeeshop/koffeeshop/broker"
+	"github.com/koffeeshop/koffeeshop/broker/httpserver"
 	"github.com/koffeeshop/koffeeshop/broker/testkit"
 )
 
@@ -21,8 +22,8 @@ func TestSlowHeadersAreCutOff(t *testing.T) {
 	env := startBroker(t)
 	log := slog.New(slog.DiscardHandler)
 	const limit = 500 * time.Millisecond
-	srv := broker.NewServer(broker.NewIngress(env.store, broker.NewBrokerSet(env.ref), log, broker.IngressOptions{}),
-		broker.ServerOptions{ReadHeaderTimeout: limit})
+	srv := httpserver.New(broker.NewIngress(env.store, broker.NewBrokerSet(env.ref), log, broker.IngressOptions{}),
+		httpserver.Options{ReadHeaderTimeout: limit})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"time"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
@@ -48,7 +47,6 @@ type Store struct {
 	// js fails a publish whose acknowledgement takes longer than the
 	// Store's timeout (and forgets it).
 	js  jetstream.JetStream
-	log *slog.Logger
 	now func() time.Time
 }
 
@@ -58,7 +56,7 @@ const maxPendingPublishes = 1 << 16
 
 // NewStore returns a Store that publishes over nc and waits at most
 // timeout (DefaultPublishTimeout when 0) for each acknowledgement.
-func NewStore(nc *nats.Conn, log *slog.Logger, timeout time.Duration) (*Store, error) {
+func NewStore(nc *nats.Conn, timeout time.Duration) (*Store, error) {
 	if nc == nil {
 		return nil, errors.New("new store: no NATS connection")
 	}
@@ -72,7 +70,7 @@ func NewStore(nc *nats.Conn, log *slog.Logger, timeout time.Duration) (*Store, e
 	if err != nil {
 		return nil, fmt.Errorf("new store: %w", err)
 	}
-	return &Store{js: js, log: log, now: time.Now}, nil
+	return &Store{js: js, now: time.Now}, nil
 }
 
 // Publish stamps knativearrivaltime, applies the knativebrokerttl loop guard

@@ -63,7 +63,7 @@ func newHarness(t testing.TB) *harness {
 	if _, err := broker.EnsureStream(context.Background(), js, ref, broker.StreamOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	store, err := broker.NewStore(js.Conn(), slog.New(slog.DiscardHandler), 0)
+	store, err := broker.NewStore(js.Conn(), 0)
 	if err != nil {
 		t.Fatal(err)
 	}

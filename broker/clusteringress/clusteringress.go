@@ -28,6 +28,7 @@ import (
 
 	"github.com/koffeeshop/koffeeshop/broker"
 	"github.com/koffeeshop/koffeeshop/broker/dataplane"
+	"github.com/koffeeshop/koffeeshop/broker/httpserver"
 	"github.com/koffeeshop/koffeeshop/broker/natsconn"
 	"github.com/koffeeshop/koffeeshop/broker/ops"
 	brokerreconciler "github.com/koffeeshop/koffeeshop/broker/reconciler"
@@ -55,8 +56,8 @@ type Options struct {
 	// PublishTimeout bounds the wait for JetStream's acknowledgement
 	// (broker.DefaultPublishTimeout).
 	PublishTimeout time.Duration
-	// Server are the HTTP server's limits (broker.NewServer's defaults).
-	Server broker.ServerOptions
+	// Server are the HTTP server's limits (httpserver.New's defaults).
+	Server httpserver.Options
 	// DrainDelay is how long the ingress keeps serving, unready, once ctx
 	// is done and before it closes its listener, so that the endpoints
 	// stop sending here first (0: none).
@@ -107,7 +108,7 @@ func Run(ctx context.Context, o Options) error {
 func serve(ctx context.Context, o Options, client versioned.Interface, nc *nats.Conn, ln, probeLn net.Listener) error {
 	o = o.withDefaults()
 	log := o.Log
-	store, err := broker.NewStore(nc, log.With("component", "broker"), o.PublishTimeout)
+	store, err := broker.NewStore(nc, o.PublishTimeout)
 	if err != nil {
 		return err
 	}
@@ -129,7 +130,7 @@ func serve(ctx context.Context, o Options, client versioned.Interface, nc *nats.
 	if o.Token != "" {
 		h = broker.RequireBearer(o.Token, h)
 	}
-	srv := broker.NewServer(instrument(reg, untilSynced(synced, h)), o.Server)
+	srv := httpserver.New(instrument(reg, untilSynced(synced, h)), o.Server)
 
 	probes := ops.Serve(probeLn, func() error {
 		if !synced() {

@@ -10,7 +10,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/koffeeshop/koffeeshop/broker"
+	"github.com/koffeeshop/koffeeshop/broker/httpserver"
 )
 
 // Server serves Handler on a listener of its own. Once Drain is called its
@@ -26,12 +26,12 @@ type Server struct {
 // Handler's: why the process should get no work now, or nil.
 func Serve(ln net.Listener, ready func() error, g prometheus.Gatherer) *Server {
 	s := &Server{errc: make(chan error, 1)}
-	s.srv = broker.NewServer(Handler(func() error {
+	s.srv = httpserver.New(Handler(func() error {
 		if s.draining.Load() {
 			return errors.New("draining")
 		}
 		return ready()
-	}, g), broker.ServerOptions{})
+	}, g), httpserver.Options{})
 	go func() { s.errc <- fmt.Errorf("probes: %w", s.srv.Serve(ln)) }()
 	return s
 }

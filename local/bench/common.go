@@ -20,6 +20,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/koffeeshop/koffeeshop/broker"
+	"github.com/koffeeshop/koffeeshop/broker/httpserver"
 	"github.com/koffeeshop/koffeeshop/functions/coffee"
 	"github.com/koffeeshop/koffeeshop/functions/serve"
 	"github.com/koffeeshop/koffeeshop/local/manifest"
@@ -40,7 +41,7 @@ func serveCounting(h http.Handler, conns *atomic.Int64) (url string, stop func()
 	if err != nil {
 		return "", nil, fmt.Errorf("listen: %w", err)
 	}
-	srv := broker.NewServer(h, broker.ServerOptions{})
+	srv := httpserver.New(h, httpserver.Options{})
 	if conns != nil {
 		srv.ConnState = func(_ net.Conn, st http.ConnState) {
 			if st == http.StateNew {

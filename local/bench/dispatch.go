@@ -51,7 +51,7 @@ func (b *bench) dispatch(ctx context.Context) ([]Metric, error) {
 		return nil, fmt.Errorf("no Broker in %s", b.opts.configDir)
 	}
 	delivery := set.Brokers[0].Spec.Delivery
-	store, err := broker.NewStore(j.nc, b.log, 0)
+	store, err := broker.NewStore(j.nc, 0)
 	if err != nil {
 		return nil, err
 	}

@@ -73,7 +73,7 @@ func (b *bench) startIngress(ctx context.Context) (*ingressServer, error) {
 		j.stop()
 		return nil, err
 	}
-	store, err := broker.NewStore(j.nc, b.log, 0)
+	store, err := broker.NewStore(j.nc, 0)
 	if err != nil {
 		j.stop()
 		return nil, err

@@ -3,7 +3,6 @@ package board_test
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"testing"
 	"time"
 
@@ -19,13 +18,12 @@ import (
 // Broker's stream in process, ignores other event types, and a board made
 // anew (the runner restarted) shows the same orders from the stream.
 func TestFollowReadsTheStreamAndRebuildsAfterARestart(t *testing.T) {
-	log := slog.New(slog.DiscardHandler)
 	js := testkit.JetStream(t)
 	ref := broker.Ref{Namespace: "default", Name: "default"}
 	if _, err := broker.EnsureStream(t.Context(), js, ref, broker.StreamOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	store, err := broker.NewStore(js.Conn(), log, 0)
+	store, err := broker.NewStore(js.Conn(), 0)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -27,6 +27,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/koffeeshop/koffeeshop/broker"
+	"github.com/koffeeshop/koffeeshop/broker/httpserver"
 	"github.com/koffeeshop/koffeeshop/broker/natsconn"
 	"github.com/koffeeshop/koffeeshop/broker/ops"
 	"github.com/koffeeshop/koffeeshop/broker/tracing"
@@ -79,8 +80,8 @@ type HTTPOptions struct {
 	Token string
 	// MaxBodyBytes limits an ingress request body.
 	MaxBodyBytes int64
-	// Server are the HTTP server's limits (broker.NewServer's defaults).
-	Server broker.ServerOptions
+	// Server are the HTTP server's limits (httpserver.New's defaults).
+	Server httpserver.Options
 }
 
 // FunctionOptions say how the function processes run.
@@ -156,7 +157,7 @@ func New(ctx context.Context, opts Options, log *slog.Logger) (_ *Runner, err er
 	if err = r.connect(); err != nil {
 		return nil, err
 	}
-	if r.store, err = broker.NewStore(r.nc, log.With("component", "broker"), 0); err != nil {
+	if r.store, err = broker.NewStore(r.nc, 0); err != nil {
 		return nil, err
 	}
 	if err = r.setupTracing(ctx); err != nil {
@@ -178,7 +179,7 @@ func New(ctx context.Context, opts Options, log *slog.Logger) (_ *Runner, err er
 	if err != nil {
 		return nil, err
 	}
-	r.srv = broker.NewServer(mux, opts.HTTP.Server)
+	r.srv = httpserver.New(mux, opts.HTTP.Server)
 	return r, nil
 }
 

@@ -436,7 +436,7 @@ func newEnv(t *testing.T) *env {
 	if _, err := broker.EnsureStream(t.Context(), js, orders, broker.StreamOptions{Storage: jetstream.MemoryStorage}); err != nil {
 		t.Fatal(err)
 	}
-	store, err := broker.NewStore(js.Conn(), slog.New(slog.DiscardHandler), 0)
+	store, err := broker.NewStore(js.Conn(), 0)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -84,7 +84,7 @@ func serve(ctx context.Context, o Options, client versioned.Interface, nc *nats.
 		return fmt.Errorf("jetstream: %w", err)
 	}
 	// Replies go back into their Broker on the same connection.
-	store, err := broker.NewStore(nc, log.With("component", "broker"), o.PublishTimeout)
+	store, err := broker.NewStore(nc, o.PublishTimeout)
 	if err != nil {
 		return err
 	}
