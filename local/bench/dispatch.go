@@ -24,7 +24,7 @@ import (
 	"github.com/koffeeshop/koffeeshop/triggers"
 )
 
-// dispatch measures item 2: events per second from the stream through one
+// dispatch measures events per second from the stream through one
 // Trigger to a no-op subscriber, against a raw JetStream pull consumer on
 // the same stream acking the same events.
 func (b *bench) dispatch(ctx context.Context) ([]Metric, error) {

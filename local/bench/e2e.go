@@ -9,7 +9,7 @@ import (
 	"github.com/koffeeshop/koffeeshop/local/loadgen"
 )
 
-// endToEnd measures item 3: the latency of an order from the moment it was
+// endToEnd measures the latency of an order from the moment it was
 // due to be placed until its customer.notified event is in the Broker,
 // through the three functions as processes (prepare-beverage brewing for
 // 0 s), at a fixed offered load, and at a light one that shows the latency

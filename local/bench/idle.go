@@ -13,7 +13,7 @@ import (
 	"github.com/koffeeshop/koffeeshop/local/runner"
 )
 
-// idleMemory measures item 4's idle memory: the resident set of the runner
+// idleMemory measures the idle memory: the resident set of the runner
 // binary started from config/ with every function at zero, against a
 // standalone nats-server with JetStream (the version koffeeshop embeds),
 // both read from /proc once idle, as BenchmarkIdleMemory reads it.

@@ -14,7 +14,7 @@ import (
 	"github.com/koffeeshop/koffeeshop/local/loadgen"
 )
 
-// ingress measures item 1: durable ingest through the Broker ingress
+// ingress measures durable ingest through the Broker ingress
 // (binary-mode CloudEvents, 202 only once stored; put together as the
 // runner does) against the same load on a no-op net/http handler, and the
 // raw JetStream publish rate of a Go client on the same server: C
