@@ -684,3 +684,30 @@ func TestStaleDeadLetterStateIsIgnored(t *testing.T) {
 		t.Fatalf("the dead-letter sink got %d events: the stale state was taken for the new event's", n)
 	}
 }
+
+// TestRunEndsWhenItsConsumerIsGone: a dispatcher whose durable consumer was
+// deleted before its first pull says so and ends, like one whose consumer
+// is deleted under a waiting pull, instead of pulling in vain; its owner
+// (the runner, the fleet) then makes the consumer again.
+func TestRunEndsWhenItsConsumerIsGone(t *testing.T) {
+	h := newHarness(t)
+	sub := newSubscriber(t)
+	tr, br := h.manifests("", fmt.Sprintf("apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata: {name: t}\nspec:\n  broker: '{{broker}}'\n  subscriber: {uri: '%s'}\n", sub.URL))
+	cfg := triggers.Config{Trigger: tr, Broker: h.ref, Delivery: triggers.EffectiveDelivery(tr, br), Subscriber: mustURL(t, sub.URL)}
+	d, err := triggers.New(t.Context(), h.js, h.store, http.DefaultClient, cfg, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.js.DeleteConsumer(t.Context(), h.ref.StreamName(), triggers.ConsumerName(tr)); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	err = d.Run(ctx)
+	if ctx.Err() != nil {
+		t.Fatal("Run was still pulling for a deleted consumer after 30s")
+	}
+	if !errors.Is(err, jetstream.ErrConsumerNotFound) {
+		t.Fatalf("Run ended with %v, want the consumer not found", err)
+	}
+}

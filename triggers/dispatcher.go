@@ -155,8 +155,11 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	// A short pull expiry and heartbeat: when the consumer's leader moves
 	// (a cluster node died) and our connection survives, a lost pull is
 	// noticed in seconds, not after the default 30 s.
+	// Missing heartbeats are reported, so that a consumer deleted while no
+	// pull was waiting is noticed (below).
 	it, err := d.cons.Messages(jetstream.PullMaxMessages(d.cfg.Concurrency),
-		jetstream.PullExpiry(10*time.Second), jetstream.PullHeartbeat(2*time.Second))
+		jetstream.PullExpiry(10*time.Second), jetstream.PullHeartbeat(2*time.Second),
+		jetstream.WithMessagesErrOnMissingHeartbeat(true))
 	if err != nil {
 		return fmt.Errorf("trigger %s: consume: %w", d.name, err)
 	}
@@ -192,6 +195,15 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 				// leaving the Trigger silently undelivered.
 				return fmt.Errorf("trigger %s: consumer stopped: %w", d.name, err)
 			}
+			if errors.Is(err, jetstream.ErrNoHeartbeat) && d.consumerGone(ctx) {
+				// JetStream tells a pull that is waiting when its consumer
+				// is deleted (the iterator then closes, above), but a pull
+				// made after the deletion only meets no responder, again
+				// and again: the heartbeats stop, and the consumer is
+				// looked up.
+				it.Stop()
+				return fmt.Errorf("trigger %s: consumer stopped: %w", d.name, jetstream.ErrConsumerNotFound)
+			}
 			d.log.Warn("pull failed", "err", err)
 			continue
 		}
@@ -205,6 +217,16 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 		}
 		pool.submit(msg)
 	}
+}
+
+// consumerGone reports whether JetStream says the Trigger's consumer does
+// not exist; any other answer (NATS restarting, a leader being elected)
+// leaves the pulls going.
+func (d *Dispatcher) consumerGone(ctx context.Context) bool {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	_, err := d.cons.Info(ctx)
+	return errors.Is(err, jetstream.ErrConsumerNotFound)
 }
 
 // EffectiveDelivery is the DeliverySpec a Trigger's deliveries follow: the
