@@ -22,17 +22,22 @@ ARTIFACTS ?= $(CURDIR)/.artifacts
 
 all: build
 
+# GOBUILD builds with ko's flags (-trimpath, no cgo), as local/gobuild
+# does for the runner and the tests: one compile of the dependencies then
+# serves make build, make test and make images.
+GOBUILD = CGO_ENABLED=0 $(GO) build -trimpath
+
 # go_build_progress runs go build -v, which names each package it
 # compiles, and says how far it is at least every 5 seconds; go's errors go
 # through. $(1) names the step, $(2) the packages, $(3) go build's flags.
 # The ticker's sleep holds none of make's output: a recipe's reader is not
 # kept waiting for it once the build is done.
 define go_build_progress
-	@total=$$($(GO) list -deps $(2) 2>/dev/null | wc -l); log=$$(mktemp); \
+	@total=$$(CGO_ENABLED=0 $(GO) list -deps $(2) 2>/dev/null | wc -l); log=$$(mktemp); \
 	echo "build $(1): $(2), $$total packages with their dependencies (a cold cache compiles them once: minutes on 2 cores)" >&2; \
 	( while sleep 5 </dev/null >/dev/null 2>&1; do echo "  build $(1): $$(grep -c '^[[:alnum:]._/~-]*$$' $$log) of at most $$total packages compiled, now $$(tail -n1 $$log)" >&2; done ) & tick=$$!; \
 	trap 'kill $$tick 2>/dev/null; rm -f $$log' EXIT INT TERM; \
-	$(GO) build -v $(3) $(2) 2>&1 | tee $$log | grep -v '^[[:alnum:]._/~-]*$$' >&2; rc=$${PIPESTATUS[0]}; \
+	$(GOBUILD) -v $(3) $(2) 2>&1 | tee $$log | grep -v '^[[:alnum:]._/~-]*$$' >&2; rc=$${PIPESTATUS[0]}; \
 	kill $$tick 2>/dev/null; wait $$tick 2>/dev/null; \
 	n=$$(grep -c '^[[:alnum:]._/~-]*$$' $$log); rm -f $$log; \
 	if [ $$rc -eq 0 ]; then echo "  build $(1): done ($$n packages compiled, the rest from the cache)" >&2; fi; exit $$rc

@@ -18,6 +18,7 @@ import (
 
 	"github.com/koffeeshop/koffeeshop/broker/testkit"
 	"github.com/koffeeshop/koffeeshop/functions/coffee"
+	"github.com/koffeeshop/koffeeshop/local/gobuild"
 )
 
 // lockedBuffer collects the output of a child process.
@@ -44,15 +45,14 @@ func TestProcess(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and runs the binary")
 	}
-	goTool, err := exec.LookPath("go")
-	if err != nil {
+	if _, err := exec.LookPath("go"); err != nil {
 		t.Skipf("go tool not found: %v", err)
 	}
 	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
 	defer cancel()
 
 	bin := filepath.Join(t.TempDir(), "take-order")
-	build := exec.CommandContext(ctx, goTool, "build", "-o", bin, ".")
+	build := gobuild.Command(ctx, bin, ".")
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/koffeeshop/koffeeshop/local/gobuild"
 	"github.com/koffeeshop/koffeeshop/local/loadgen"
 	"github.com/koffeeshop/koffeeshop/local/runner"
 )
@@ -23,7 +24,7 @@ func (b *bench) idleMemory(ctx context.Context) ([]Metric, error) {
 		return nil, err
 	}
 	runnerBin := filepath.Join(b.tmp, "koffeeshop")
-	build := exec.CommandContext(ctx, "go", "build", "-o", runnerBin, "github.com/koffeeshop/koffeeshop/local")
+	build := gobuild.Command(ctx, runnerBin, "github.com/koffeeshop/koffeeshop/local")
 	build.Stderr = os.Stderr
 	if err := build.Run(); err != nil {
 		return nil, fmt.Errorf("build the runner: %w", err)

@@ -2,6 +2,7 @@ package cluster_test
 
 import (
 	"bytes"
+	"context"
 	"net"
 	"os"
 	"os/exec"
@@ -14,6 +15,7 @@ import (
 
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/koffeeshop/koffeeshop/local/gobuild"
 	"github.com/koffeeshop/koffeeshop/local/kubeapi"
 )
 
@@ -25,7 +27,7 @@ func build(t *testing.T, pkgs ...string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command("go", append([]string{"build", "-o", dir + "/"}, pkgs...)...)
+	cmd := gobuild.Command(context.Background(), dir+"/", pkgs...)
 	cmd.Dir = filepath.Dir(string(bytes.TrimSpace(root)))
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)

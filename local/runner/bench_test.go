@@ -1,6 +1,7 @@
 package runner_test
 
 import (
+	"context"
 	"fmt"
 	"net/http"
 	"os"
@@ -12,6 +13,7 @@ import (
 	"time"
 
 	"github.com/koffeeshop/koffeeshop/broker/testkit"
+	"github.com/koffeeshop/koffeeshop/local/gobuild"
 	"github.com/koffeeshop/koffeeshop/local/loadgen"
 )
 
@@ -56,7 +58,7 @@ func BenchmarkBurst(b *testing.B) {
 // starts.
 func BenchmarkIdleMemory(b *testing.B) {
 	bin := filepath.Join(binDir, "koffeeshop")
-	if err := exec.Command("go", "build", "-o", bin, "github.com/koffeeshop/koffeeshop/local").Run(); err != nil {
+	if err := gobuild.Command(context.Background(), bin, "github.com/koffeeshop/koffeeshop/local").Run(); err != nil {
 		b.Fatal(err)
 	}
 	for range b.N {

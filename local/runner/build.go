@@ -4,9 +4,9 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"strings"
 
+	"github.com/koffeeshop/koffeeshop/local/gobuild"
 	"github.com/koffeeshop/koffeeshop/local/manifest"
 )
 
@@ -33,7 +33,7 @@ func Images(set *manifest.Set) []string {
 	return pkgs
 }
 
-// BuildImages runs one `go build -o binDir/ pkgs...`.
+// BuildImages builds pkgs into binDir in one `go build`, with ko's flags.
 func BuildImages(ctx context.Context, pkgs []string, binDir string) error {
 	if len(pkgs) == 0 {
 		return nil
@@ -41,8 +41,7 @@ func BuildImages(ctx context.Context, pkgs []string, binDir string) error {
 	if err := os.MkdirAll(binDir, 0o755); err != nil {
 		return fmt.Errorf("bin dir: %w", err)
 	}
-	args := append([]string{"build", "-o", binDir + string(os.PathSeparator)}, pkgs...)
-	cmd := exec.CommandContext(ctx, "go", args...)
+	cmd := gobuild.Command(ctx, binDir+string(os.PathSeparator), pkgs...)
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	if err := cmd.Run(); err != nil {
 		return fmt.Errorf("go build %s: %w", strings.Join(pkgs, " "), err)

@@ -26,6 +26,7 @@ import (
 
 	"github.com/koffeeshop/koffeeshop/broker"
 	"github.com/koffeeshop/koffeeshop/broker/testkit"
+	"github.com/koffeeshop/koffeeshop/local/gobuild"
 	"github.com/koffeeshop/koffeeshop/local/runner"
 )
 
@@ -42,7 +43,7 @@ type runnerProc struct {
 func buildRunner(t testing.TB) string {
 	t.Helper()
 	bin := filepath.Join(binDir, "koffeeshop")
-	out, err := exec.Command("go", "build", "-o", bin, "github.com/koffeeshop/koffeeshop/local").CombinedOutput()
+	out, err := gobuild.Command(context.Background(), bin, "github.com/koffeeshop/koffeeshop/local").CombinedOutput()
 	if err != nil {
 		t.Fatalf("go build the runner: %v\n%s", err, out)
 	}

@@ -3,6 +3,7 @@ package runner_test
 import (
 	"bytes"
 	"compress/gzip"
+	"context"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
@@ -24,6 +25,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/koffeeshop/koffeeshop/broker/testkit"
+	"github.com/koffeeshop/koffeeshop/local/gobuild"
 )
 
 // otlpSpan is a span as the test's collector received it.
@@ -208,7 +210,7 @@ func runnerBinary(t *testing.T) string {
 	t.Helper()
 	runnerBinOnce.Do(func() {
 		runnerBin = filepath.Join(binDir, "koffeeshop")
-		if out, err := exec.Command("go", "build", "-o", runnerBin, "github.com/koffeeshop/koffeeshop/local").CombinedOutput(); err != nil {
+		if out, err := gobuild.Command(context.Background(), runnerBin, "github.com/koffeeshop/koffeeshop/local").CombinedOutput(); err != nil {
 			runnerBinErr = fmt.Errorf("go build the runner: %v\n%s", err, out)
 		}
 	})
