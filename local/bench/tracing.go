@@ -6,15 +6,19 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"path/filepath"
 
 	"github.com/koffeeshop/koffeeshop/functions/coffee"
 	"github.com/koffeeshop/koffeeshop/local/loadgen"
 )
 
 // tracingCost measures what tracing costs the shop: its saturated
-// throughput with tracing off, and on with every order sampled and with
-// one in ten, exporting to an OTLP/HTTP collector (one of the bench's,
-// that reads and drops what it gets) besides the runner's own store.
+// throughput with tracing off, and on with every order sampled, with one
+// in ten, and with none (what carrying the context alone costs),
+// exporting to an OTLP/HTTP collector (one of the bench's, that reads and
+// drops what it gets) besides the runner's own store. With
+// -cpuprofile-dir each run leaves the runner's profile and its function
+// instances' apart.
 func (b *bench) tracingCost(ctx context.Context) ([]Metric, error) {
 	sink, stopSink, err := serveHTTP(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		_, _ = io.Copy(io.Discard, r.Body)
@@ -31,11 +35,22 @@ func (b *bench) tracingCost(ctx context.Context) ([]Metric, error) {
 		{"off", map[string]string{"OTEL_SDK_DISABLED": "true"}},
 		{"100", map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": sink, "OTEL_TRACES_SAMPLER": "parentbased_always_on"}},
 		{"10", map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": sink, "OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.1"}},
+		{"0", map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": sink, "OTEL_TRACES_SAMPLER": "parentbased_always_off"}},
 	}
 	rates := map[string][]float64{}
 	for r := range b.opts.Rounds {
 		for _, v := range variants {
-			rate, err := b.saturatedWith(ctx, v.otel, fmt.Sprintf("trace-%s-%d", v.name, r))
+			var rate float64
+			run := fmt.Sprintf("tracing-%s-%d", v.name, r)
+			err := b.profiled(run, func() error {
+				var err error
+				rate, err = b.saturatedWith(ctx, v.otel, fmt.Sprintf("trace-%s-%d", v.name, r))
+				return err
+			})()
+			if b.opts.profileDir != "" {
+				// The function instances' profiles of this run, apart.
+				_ = os.Rename(filepath.Join(b.opts.profileDir, "functions"), filepath.Join(b.opts.profileDir, "functions-"+run))
+			}
 			if err != nil {
 				return nil, fmt.Errorf("tracing %s: %w", v.name, err)
 			}
@@ -46,6 +61,7 @@ func (b *bench) tracingCost(ctx context.Context) ([]Metric, error) {
 	return []Metric{
 		newMetric("orders/s saturated, tracing at 100%", perSecond, rates["100"]).against("tracing off", rates["off"]),
 		newMetric("orders/s saturated, tracing at 10%", perSecond, rates["10"]).against("tracing off", rates["off"]).atLeastRatio(0.9),
+		newMetric("orders/s saturated, tracing at 0%", perSecond, rates["0"]).against("tracing off", rates["off"]),
 	}, nil
 }
 
