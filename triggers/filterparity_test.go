@@ -70,7 +70,9 @@ func TestFilterSeesWhatKnativeSees(t *testing.T) {
 				_ = kbroker.DeleteTTL(full.Context)
 				want := knative.Filter(context.Background(), full) != eventfilter.FailFilter
 				if got[full.ID()] != want {
-					t.Errorf("%s: event %s (%s) delivered %v, Knative's filter on the whole event says %v", f, full.ID(), full.SpecVersion(), got[full.ID()], want)
+					st := d.Stats()
+					t.Errorf("%s: event %s (%s) delivered %v, Knative's filter on the whole event says %v (dispatcher: %d delivered, %d filtered, drops %v)",
+						f, full.ID(), full.SpecVersion(), got[full.ID()], want, st.Delivered.Load(), st.Filtered.Load(), st.Drops())
 				}
 			}
 		})
