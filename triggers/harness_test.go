@@ -2,6 +2,7 @@ package triggers_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -174,21 +175,62 @@ func (h *harness) storedMsgs() []*jetstream.RawStreamMsg {
 	return out
 }
 
-// settled waits until the consumer has nothing pending or unacknowledged
-// and the dispatcher has no delivery under way: from then on no attempt
-// can come.
+// settled waits until the consumer has been handed every event stored on
+// its subject, has nothing pending or unacknowledged, and the dispatcher
+// has no delivery under way: from then on no attempt can come. The
+// consumer's pending count alone is not enough: the server acknowledges a
+// publish before it tells the consumers, so under load the count can read
+// 0 for an event just stored.
 func (h *harness) settled(d *triggers.Dispatcher, timeout time.Duration) {
 	h.t.Helper()
 	testkit.Eventually(h.t, timeout, "consumer settled", func() error {
-		info, err := d.Consumer().Info(context.Background())
+		ctx := context.Background()
+		info, err := d.Consumer().Info(ctx)
 		if err != nil {
 			h.t.Fatal(err)
 		}
-		if n := d.Stats().InFlight.Load(); info.NumPending != 0 || info.NumAckPending != 0 || info.NumRedelivered != 0 || n != 0 {
-			return fmt.Errorf("pending %d, ack pending %d, redelivered %d, deliveries under way %d", info.NumPending, info.NumAckPending, info.NumRedelivered, n)
+		last, err := h.lastStored(ctx, info.Config)
+		if err != nil {
+			h.t.Fatal(err)
+		}
+		if n := d.Stats().InFlight.Load(); info.Delivered.Stream < last || info.NumPending != 0 || info.NumAckPending != 0 || info.NumRedelivered != 0 || n != 0 {
+			return fmt.Errorf("handed up to %d of %d, pending %d, ack pending %d, redelivered %d, deliveries under way %d",
+				info.Delivered.Stream, last, info.NumPending, info.NumAckPending, info.NumRedelivered, n)
 		}
 		return nil
 	})
+}
+
+// lastStored is the stream sequence of the last event stored on the
+// subjects the consumer c reads (0 for none).
+func (h *harness) lastStored(ctx context.Context, c jetstream.ConsumerConfig) (uint64, error) {
+	stream, err := h.js.Stream(ctx, h.ref.StreamName())
+	if err != nil {
+		return 0, err
+	}
+	subjects := c.FilterSubjects
+	if c.FilterSubject != "" {
+		subjects = append(subjects, c.FilterSubject)
+	}
+	if len(subjects) == 0 {
+		info, err := stream.Info(ctx)
+		if err != nil {
+			return 0, err
+		}
+		return info.State.LastSeq, nil
+	}
+	var last uint64
+	for _, subject := range subjects {
+		msg, err := stream.GetLastMsgForSubject(ctx, subject)
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			continue
+		}
+		if err != nil {
+			return 0, err
+		}
+		last = max(last, msg.Sequence)
+	}
+	return last, nil
 }
 
 func newEvent(id, typ string) cloudevents.Event {
